@@ -1,0 +1,130 @@
+"""Reading and writing weight files safely.
+
+Only tensors are ever read: ``.safetensors`` through safetensors, anything
+else through ``torch.load(weights_only=True)``. A pickle that would build
+arbitrary objects (and so could run code) is refused; there is no fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+StateDict = dict[str, Tensor]
+# Containers that wrap the weights in the common formats: mmaction ("state_dict"),
+# official Microsoft Swin ("model"), DeepSpeed/DDP dumps ("module"), ours ("model_state").
+_WRAPPERS = ("state_dict", "model", "module", "model_state")
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be used, with the reason."""
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON file beside a weights file: ``model.safetensors`` -> ``model.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Metadata written by :func:`save_checkpoint` beside ``path``, or None."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{side}: sidecar is not valid JSON ({e})") from e
+
+
+def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> StateDict:
+    """Loads the tensors of a checkpoint, unwrapping the common containers.
+
+    Args:
+        source: a path (.safetensors, .pth, .pt, .bin, .ckpt) or a mapping.
+
+    Returns:
+        A flat ``name -> Tensor`` dict (``module.`` prefixes removed).
+
+    Raises:
+        CheckpointError: missing, truncated or unsafe files, or no tensors.
+    """
+    if isinstance(source, Mapping):
+        obj: Any = source
+        where = "state dict"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint file not found")
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path}: checkpoint file is empty")
+        obj = _load_file(path)
+    for _ in range(3):
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{where}: expected a dict of tensors, found {type(obj).__name__}")
+    state = {}
+    for key, value in obj.items():
+        if isinstance(value, Tensor):
+            state[key[len("module.") :] if key.startswith("module.") else key] = value
+    if not state:
+        raise CheckpointError(f"{where}: holds no tensors (keys: {list(obj)[:8]})")
+    return state
+
+
+def _load_file(path: Path) -> Any:
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to unpickle: the file holds Python objects other than tensors, "
+            f"which could run code when loaded. Re-save only the state dict "
+            f"(torch.save(model.state_dict(), ...)) or use safetensors. Details: {str(e).splitlines()[0]}"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_weights(state: Mapping[str, Tensor], path: str | os.PathLike, metadata: Mapping[str, Any]) -> Path:
+    """Writes tensors as safetensors and ``metadata`` as the JSON sidecar, each atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"refusing to save non-finite weights: {name} has NaN or Inf values")
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    text = json.dumps(dict(metadata), indent=2, sort_keys=True, default=str)
+    _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text))
+    return path

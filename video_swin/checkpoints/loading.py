@@ -1,0 +1,213 @@
+"""``load_checkpoint`` / ``save_checkpoint``: weights of the same dimensionality."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .formats import describe, infer_window, resize_bias_table, to_canonical
+from .io import CheckpointError, StateDict, read_sidecar, read_state_dict, write_weights
+
+log = logging.getLogger(__name__)
+FORMAT = "video-swin"
+_HEAD = ("head.weight", "head.bias")
+
+
+@dataclass
+class LoadReport:
+    """What a load did, name by name (model names unless stated).
+
+    Attributes:
+        layout: detected layout of the source (see ``formats``).
+        loaded: parameters copied as they were.
+        converted: parameters computed from the source (renamed layouts are
+            ``loaded``; interpolated tables and inflated kernels are ``converted``).
+        missing: model parameters the source did not provide.
+        unexpected: source names (after renaming) the model has no use for.
+        skipped: source tensors deliberately not used, with the reason.
+        dropped_buffers: saved index/mask buffers, which the model rebuilds itself.
+    """
+
+    layout: str
+    loaded: list[str] = field(default_factory=list)
+    converted: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    dropped_buffers: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"layout: {self.layout}",
+            f"loaded: {len(self.loaded)}, converted: {len(self.converted)}, missing: {len(self.missing)}, "
+            f"unexpected: {len(self.unexpected)}, skipped: {len(self.skipped)}, "
+            f"saved buffers dropped: {len(self.dropped_buffers)}",
+        ]
+        for title, names in (
+            ("converted", self.converted),
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("skipped", self.skipped),
+        ):
+            if names:
+                shown = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
+                lines.append(f"{title}: {shown}")
+        return "\n".join(lines)
+
+
+def check_finite(state: Mapping[str, Tensor], where: str) -> None:
+    """Raises CheckpointError naming the first tensor with NaN or Inf values."""
+    for name, t in state.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{where}: weight {name} holds NaN or Inf values; refusing to load it")
+
+
+def _model_window(model: nn.Module) -> tuple[int, ...]:
+    return tuple(model.layers[0].window_size)
+
+
+def _source_name(source: Any) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+
+
+def assign(
+    model: nn.Module,
+    state: StateDict,
+    report: LoadReport,
+    *,
+    source_window: tuple[int, ...] | None,
+    keep_head: bool,
+    where: str,
+) -> None:
+    """Copies ``state`` (our names) into ``model``, resizing bias tables; fills ``report``."""
+    own = model.state_dict()
+    window = _model_window(model)
+    new: StateDict = {}
+    for name, value in state.items():
+        if name not in own:
+            report.unexpected.append(name)
+            continue
+        target = own[name]
+        if name in _HEAD and (not keep_head or value.shape != target.shape):
+            why = "not requested" if keep_head is False else f"shape {tuple(value.shape)} != {tuple(target.shape)}"
+            report.skipped.append(f"{name} (head: {why}; left freshly initialised)")
+            continue
+        if value.shape == target.shape:
+            new[name] = value
+            report.loaded.append(name)
+        elif name.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]:
+            old = source_window or infer_window(value.shape[0], window)
+            if old is None or len(old) != len(window):
+                raise CheckpointError(f"{where}: cannot tell the window of {name} ({value.shape[0]} rows)")
+            new[name] = resize_bias_table(value, old, window)
+            report.converted.append(f"{name} (window {old} -> {window})")
+        else:
+            raise CheckpointError(
+                f"{where}: {name} has shape {tuple(value.shape)} but the model expects {tuple(target.shape)}; "
+                f"the file is for another architecture ({describe(state)})"
+            )
+    report.missing.extend(k for k in own if k not in new and k not in _HEAD)
+    report.missing.extend(k for k in _HEAD if k in own and k not in new)
+    wanted = sum(v.numel() for k, v in own.items() if k not in _HEAD)
+    got = sum(v.numel() for k, v in new.items() if k not in _HEAD)
+    if wanted and got < 0.5 * wanted:
+        raise CheckpointError(
+            f"{where}: only {got:,} of {wanted:,} backbone values match this model; the file looks like "
+            f"{describe(state)}"
+        )
+    model.load_state_dict(new, strict=False)
+    if report.missing or report.unexpected:
+        log.warning("partial load from %s\n%s", where, report)
+
+
+def load_checkpoint(
+    model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *, keep_head: bool = True
+) -> LoadReport:
+    """Loads weights of the same dimensionality (2D into 2D, 3D into 3D).
+
+    Reads our files (safetensors + JSON sidecar), official Video Swin
+    (mmaction and mmaction2), torchvision ``swin3d_*``, and for image models
+    official Microsoft Swin, timm and torchvision layouts, detected from the
+    names. A video model given a different window (e.g. (8, 7, 7) weights into
+    a (16, 7, 7) model) gets its bias tables interpolated.
+
+    Args:
+        model: a :class:`~video_swin.models.SwinTransformer`.
+        source: path or state dict.
+        keep_head: load the classifier when its shape matches.
+
+    Returns:
+        A :class:`LoadReport`.
+
+    Raises:
+        CheckpointError: unreadable or unsafe file, wrong dimensionality
+            (with a pointer to the right function), or a file that is no match.
+    """
+    where = _source_name(source)
+    raw = read_state_dict(source)
+    state, layout, dropped = to_canonical(raw)
+    check_finite(state, where)
+    patch = state.get("patch_embed.proj.weight")
+    if patch is None:
+        raise CheckpointError(f"{where}: no patch embedding found; the file looks like {describe(raw)}")
+    if patch.ndim != model.ndim + 2:
+        if patch.ndim == 4:
+            raise CheckpointError(
+                f"{where} is a 2D (image) Swin checkpoint but the model is a video model; "
+                f"use video_swin.checkpoints.inflate_image_checkpoint(model, path) to inflate it"
+            )
+        raise CheckpointError(
+            f"{where} is a 3D (video) Swin checkpoint but the model is an image model; "
+            f"build a video model (e.g. create_model('swin3d_t')) and call load_checkpoint on it"
+        )
+    meta = read_sidecar(source) if isinstance(source, (str, os.PathLike)) else None
+    source_window = tuple(meta["model"]["window_size"]) if meta and "model" in meta else None
+    report = LoadReport(layout=layout, dropped_buffers=dropped)
+    assign(model, state, report, source_window=source_window, keep_head=keep_head, where=where)
+    return report
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Path:
+    """Writes ``model``'s weights as safetensors plus a JSON sidecar, atomically.
+
+    The sidecar holds ``model.config`` (the preset name and every constructor
+    argument) and ``metadata`` (e.g. ``classes=[...]``), so
+    :func:`load_model` can rebuild the model from the file alone.
+    """
+    config = getattr(model, "config", None)
+    meta = {"format": FORMAT, "model": config, **metadata}
+    return write_weights(model.state_dict(), path, meta)
+
+
+def load_model(path: str | os.PathLike, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuilds a model from one of our checkpoints and loads its weights.
+
+    Args:
+        path: a ``.safetensors`` file written by :func:`save_checkpoint`.
+        **overrides: model arguments to change (e.g. ``window_size``).
+
+    Returns:
+        ``(model, metadata)`` with the sidecar's metadata (``classes`` etc.).
+    """
+    from ..models import create_model  # checkpoints knows models, not the reverse
+
+    meta = read_sidecar(path)
+    if not meta or not isinstance(meta.get("model"), dict):
+        raise CheckpointError(
+            f"{path}: no video-swin sidecar ({Path(path).with_suffix('.json').name}) with the model's "
+            f"arguments; build the model with create_model(...) and call load_checkpoint(model, path)"
+        )
+    config = {**meta["model"], **overrides}
+    name = config.pop("name")
+    model = create_model(name, **config)
+    report = load_checkpoint(model, path)
+    if report.missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {report.missing[:5]}")
+    return model, meta

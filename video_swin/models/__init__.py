@@ -1,0 +1,17 @@
+"""Swin core (windows, attention, blocks, stages) and presets."""
+
+from .registry import PRESETS, create_model, list_models, model_config
+from .swin import PatchEmbed, PatchMerging, SwinBlock, SwinStage, SwinTransformer, num_params
+
+__all__ = [
+    "PRESETS",
+    "PatchEmbed",
+    "PatchMerging",
+    "SwinBlock",
+    "SwinStage",
+    "SwinTransformer",
+    "create_model",
+    "list_models",
+    "model_config",
+    "num_params",
+]

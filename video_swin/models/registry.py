@@ -1,0 +1,59 @@
+"""Model presets: ``create_model`` and ``list_models``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .swin import SwinTransformer
+
+_VIDEO = {"patch_size": (2, 4, 4), "window_size": (8, 7, 7)}
+_IMAGE = {"patch_size": (4, 4), "window_size": (7, 7)}
+_SIZES: dict[str, dict[str, Any]] = {
+    "t": {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24), "drop_path_rate": 0.1},
+    "s": {"embed_dim": 96, "depths": (2, 2, 18, 2), "num_heads": (3, 6, 12, 24), "drop_path_rate": 0.1},
+    "b": {"embed_dim": 128, "depths": (2, 2, 18, 2), "num_heads": (4, 8, 16, 32), "drop_path_rate": 0.3},
+    "l": {"embed_dim": 192, "depths": (2, 2, 18, 2), "num_heads": (6, 12, 24, 48), "drop_path_rate": 0.2},
+}
+
+# Video Swin presets carry the official video head dropout (0.5); image ones none.
+PRESETS: dict[str, dict[str, Any]] = {}
+for _size, _arch in _SIZES.items():
+    PRESETS[f"swin3d_{_size}"] = {**_VIDEO, **_arch, "head_dropout": 0.5}
+    PRESETS[f"swin_{_size}"] = {**_IMAGE, **_arch, "drop_path_rate": {"t": 0.2, "s": 0.3, "b": 0.5, "l": 0.5}[_size]}
+
+
+def list_models() -> list[str]:
+    """All preset names, sorted."""
+    return sorted(PRESETS)
+
+
+def model_config(name: str, num_classes: int = 400, **overrides: Any) -> dict[str, Any]:
+    """The full keyword arguments ``create_model(name, ...)`` builds ``SwinTransformer`` with."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    allowed = set(inspect.signature(SwinTransformer.__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"unknown model option(s) {unknown} for {name!r}; allowed: {sorted(allowed)}")
+    config = {**PRESETS[name], "num_classes": num_classes, **overrides}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def create_model(name: str, num_classes: int = 400, **overrides: Any) -> SwinTransformer:
+    """Builds a preset with random weights.
+
+    Args:
+        name: one of :func:`list_models`, e.g. ``"swin3d_t"`` or ``"swin_t"``.
+        num_classes: outputs of the linear head (0: no head).
+        **overrides: any ``SwinTransformer`` argument, e.g. ``window_size=(16, 7, 7)``,
+            ``drop_path_rate=0.2``, ``use_checkpoint=True``.
+
+    Returns:
+        The model; ``model.config`` holds the name and every argument, which
+        checkpoints store so the model can be rebuilt from the file alone.
+    """
+    config = model_config(name, num_classes, **overrides)
+    model = SwinTransformer(**config)
+    model.config = {"name": name, **config}
+    return model

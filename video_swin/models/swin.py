@@ -1,0 +1,397 @@
+"""The Swin Transformer core: one implementation for images (2D) and clips (3D).
+
+The dimensionality is ``len(patch_size)``: (4, 4) gives the image Swin,
+(2, 4, 4) the Video Swin. The backbone is channels-last, (B, *S, C), from
+patch embedding to the final norm; ``forward_features`` turns it
+channels-first once at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import WindowAttention
+from .windows import Size, fit_window, pad_to_window, padded_size, shift_mask, window_partition, window_reverse
+
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+    """Stochastic depth: zeroes whole samples of a residual branch with probability ``p``."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+class DropPath(nn.Module):
+    """Module wrapper of :func:`drop_path`."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward block (``fc1`` -> GELU -> ``fc2``)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class PatchEmbed(nn.Module):
+    """Cuts the input into patches and embeds them with one strided convolution.
+
+    Input sizes that are not multiples of the patch are zero-padded at the end.
+
+    Args:
+        patch_size: (4, 4) or (2, 4, 4).
+        in_chans: input channels.
+        embed_dim: output channels C.
+        norm: apply LayerNorm after the projection (official ``patch_norm``).
+    """
+
+    def __init__(self, patch_size: Size, in_chans: int, embed_dim: int, norm: bool = True) -> None:
+        super().__init__()
+        self.patch_size = tuple(patch_size)
+        self.proj = _CONV[len(patch_size)](in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Tensor[B, Cin, *S] -> Tensor[B, *S', C] with S' = ceil(S / patch)."""
+        size = x.shape[2:]
+        pad: list[int] = []
+        for s, p in zip(reversed(size), reversed(self.patch_size)):
+            pad += [0, (p - s % p) % p]
+        if any(pad):
+            x = F.pad(x, pad)
+        x = self.proj(x)  # (B, C, *S')
+        x = x.movedim(1, -1)  # (B, *S', C)
+        return self.norm(x)
+
+
+class PatchMerging(nn.Module):
+    """Halves H and W (the last two spatial dims, never T) and doubles the channels.
+
+    Neighbours are concatenated in the official order x0=(0,0), x1=(1,0),
+    x2=(0,1), x3=(1,1) in (h, w) offsets; official, timm and torchvision
+    weights all assume it.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Tensor[B, *S, H, W, C] -> Tensor[B, *S, ceil(H/2), ceil(W/2), 2C]."""
+        h, w = x.shape[-3], x.shape[-2]
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat(
+            [x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], dim=-1
+        )  # (B, *S, H/2, W/2, 4C)
+        return self.reduction(self.norm(x))  # (B, *S, H/2, W/2, 2C)
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm Swin block: (shifted) window attention and an MLP, each residual.
+
+    Args:
+        dim: channels C.
+        num_heads: attention heads.
+        window_size: configured window.
+        shifted: whether this block shifts its windows by half a window.
+        mlp_ratio: MLP hidden width over ``dim``.
+        qkv_bias: learn a qkv bias.
+        drop: dropout after projections.
+        attn_drop: dropout on attention weights.
+        drop_path: stochastic depth rate of both residual branches.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: Size,
+        *,
+        shifted: bool = False,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(
+            dim, window_size, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop
+        )
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def _attend(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
+        size = tuple(x.shape[1:-1])
+        dims = tuple(range(1, len(size) + 1))
+        x = pad_to_window(x, window)  # (B, *Sp, C)
+        padded = tuple(x.shape[1:-1])
+        if any(shift):
+            x = torch.roll(x, shifts=tuple(-s for s in shift), dims=dims)
+        windows = window_partition(x, window)  # (B*nW, N, C)
+        windows = self.attn(windows, window, mask)  # (B*nW, N, C)
+        x = window_reverse(windows, window, padded)  # (B, *Sp, C)
+        if any(shift):
+            x = torch.roll(x, shifts=shift, dims=dims)
+        if padded != size:
+            x = x[(slice(None), *(slice(0, s) for s in size))]  # (B, *S, C)
+        return x
+
+    def forward(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
+        """Tensor[B, *S, C] -> Tensor[B, *S, C].
+
+        ``window``/``shift`` are the ones in use for this input size (see
+        :func:`fit_window`); ``shift`` is ignored by non-shifted blocks and
+        ``mask`` is the shift mask for the padded map (None if no shift).
+        """
+        if not self.shifted:
+            shift, mask = (0,) * len(window), None
+        x = x + self.drop_path(self._attend(self.norm1(x), window, shift, mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class SwinStage(nn.Module):
+    """A stage of blocks alternating regular and shifted windows, then optional merging.
+
+    The window/shift in use and the shift mask depend only on the input size;
+    they are computed once per stage forward and the mask is kept per
+    (padded size, window, shift, device) in ``self.mask_cache``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: Size,
+        *,
+        drop_path: Sequence[float],
+        downsample: bool,
+        use_checkpoint: bool = False,
+        **block_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.window_size = tuple(window_size)
+        self.shift_size = tuple(w // 2 for w in window_size)
+        self.use_checkpoint = use_checkpoint
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window_size, shifted=i % 2 == 1, drop_path=drop_path[i], **block_kwargs)
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(dim) if downsample else None
+        self.mask_cache: dict[tuple, Tensor] = {}
+
+    def _mask(self, size: Size, window: Size, shift: Size, device: torch.device) -> Tensor | None:
+        if not any(shift) or len(self.blocks) < 2:
+            return None
+        padded = padded_size(size, window)
+        key = (padded, window, shift, device)
+        mask = self.mask_cache.get(key)
+        if mask is None:
+            if len(self.mask_cache) >= 8:  # bounded: many input sizes must not grow memory
+                self.mask_cache.pop(next(iter(self.mask_cache)))
+            mask = self.mask_cache[key] = shift_mask(padded, window, shift, device)
+        return mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Tensor[B, *S, C] -> Tensor[B, *S', C'] (halved H, W and doubled C when merging)."""
+        size = tuple(x.shape[1:-1])
+        window, shift = fit_window(size, self.window_size, self.shift_size)
+        mask = self._mask(size, window, shift, x.device)
+        for block in self.blocks:
+            if self.use_checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, window, shift, mask, use_reentrant=False)
+            else:
+                x = block(x, window, shift, mask)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+
+class SwinTransformer(nn.Module):
+    """Swin Transformer for images (2D patch) or clips (3D patch).
+
+    Args:
+        patch_size: (4, 4) for images, (2, 4, 4) for clips; its length sets the dims.
+        window_size: same length as ``patch_size``, e.g. (7, 7) or (8, 7, 7).
+        embed_dim: channels of the first stage; doubled by each merging.
+        depths: blocks per stage.
+        num_heads: heads per stage.
+        num_classes: classes of the linear head (0 for no head).
+        in_chans: input channels.
+        mlp_ratio: MLP hidden width over the channels.
+        qkv_bias: learn qkv biases.
+        drop_rate: dropout after attention/MLP projections.
+        attn_drop_rate: dropout on attention weights.
+        drop_path_rate: stochastic depth, rising linearly to this rate over all blocks.
+        head_dropout: dropout before the head (official Video Swin head: 0.5).
+        patch_norm: LayerNorm after the patch embedding.
+        use_checkpoint: activation checkpointing of every block while training.
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_size: Sequence[int],
+        window_size: Sequence[int],
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        num_classes: int = 400,
+        in_chans: int = 3,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        head_dropout: float = 0.0,
+        patch_norm: bool = True,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        patch_size, window_size = tuple(patch_size), tuple(window_size)
+        if len(patch_size) not in _CONV or len(window_size) != len(patch_size):
+            raise ValueError(
+                f"patch_size {patch_size} and window_size {window_size} must both have 2 (image) or 3 (clip) entries"
+            )
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
+        self.ndim = len(patch_size)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm=patch_norm)
+        self.pos_drop = nn.Dropout(drop_rate)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+            start = sum(depths[:i])
+            self.layers.append(
+                SwinStage(
+                    embed_dim * 2**i,
+                    depth,
+                    heads,
+                    window_size,
+                    drop_path=rates[start : start + depth],
+                    downsample=i < len(depths) - 1,
+                    use_checkpoint=use_checkpoint,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                )
+            )
+        self.num_features = embed_dim * 2 ** (len(depths) - 1)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head_drop = nn.Dropout(head_dropout)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+
+    # -- uniform model interface (timm style) --------------------------------
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters that take no weight decay: bias tables, norms and biases."""
+        names = set()
+        for name, p in self.named_parameters():
+            if p.ndim <= 1 or name.endswith("relative_position_bias_table"):
+                names.add(name)
+        return names
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turns activation checkpointing of every block on or off."""
+        for stage in self.layers:
+            stage.use_checkpoint = enable
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replaces the head with a freshly initialised one of ``num_classes`` outputs."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.apply(_init_weights)
+
+    def check_input(self, x: Tensor) -> None:
+        """Raises ValueError unless ``x`` is a float (B, C, T, H, W) clip or (B, C, H, W) image batch."""
+        names = "(B, C, T, H, W)" if self.ndim == 3 else "(B, C, H, W)"
+        expected = f"a float tensor of shape {names} with C={self.in_chans}"
+        if not isinstance(x, Tensor):
+            raise ValueError(f"expected {expected}, got {type(x).__name__}")
+        if x.ndim != self.ndim + 2:
+            raise ValueError(f"expected {expected}, got shape {tuple(x.shape)} ({x.ndim} dims)")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {expected}, got {x.shape[1]} channels in shape {tuple(x.shape)}")
+        if any(s == 0 for s in x.shape):
+            raise ValueError(f"expected {expected} with every size >= 1, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected {expected}, got dtype {x.dtype} (convert and normalise the input first)")
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Backbone up to the final norm.
+
+        Args:
+            x: Tensor[B, C, T, H, W] (clips) or Tensor[B, C, H, W] (images).
+
+        Returns:
+            Tensor[B, C_last, T', H', W'] or Tensor[B, C_last, H', W'], channels-first.
+        """
+        self.check_input(x)
+        x = self.pos_drop(self.patch_embed(x))  # (B, *S, C)
+        for stage in self.layers:
+            x = stage(x)  # (B, *S', C')
+        x = self.norm(x)
+        return x.movedim(-1, 1)  # (B, C_last, *S')
+
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """Average-pools channels-first features and applies the head: Tensor[B, num_classes]."""
+        x = features.flatten(2).mean(-1)  # (B, C_last)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Tensor[B, C, T, H, W] or Tensor[B, C, H, W] -> logits Tensor[B, num_classes]."""
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def num_params(model: nn.Module) -> int:
+    """Number of parameters (each tensor counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["SwinTransformer", "SwinBlock", "SwinStage", "PatchEmbed", "PatchMerging", "num_params"]
