@@ -2,12 +2,14 @@
 
 from .io import CheckpointError, read_state_dict
 from .formats import detect_layout
+from .inflate import inflate_image_checkpoint
 from .loading import LoadReport, load_checkpoint, load_model, save_checkpoint
 
 __all__ = [
     "CheckpointError",
     "LoadReport",
     "detect_layout",
+    "inflate_image_checkpoint",
     "load_checkpoint",
     "load_model",
     "read_state_dict",

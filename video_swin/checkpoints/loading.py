@@ -85,8 +85,14 @@ def assign(
     source_window: tuple[int, ...] | None,
     keep_head: bool,
     where: str,
+    converted: Mapping[str, str] | None = None,
 ) -> None:
-    """Copies ``state`` (our names) into ``model``, resizing bias tables; fills ``report``."""
+    """Copies ``state`` (our names) into ``model``, resizing bias tables; fills ``report``.
+
+    ``converted`` names tensors the caller already computed from the source
+    (e.g. inflated kernels), with a note; they are reported as converted.
+    """
+    converted = converted or {}
     own = model.state_dict()
     window = _model_window(model)
     new: StateDict = {}
@@ -101,7 +107,10 @@ def assign(
             continue
         if value.shape == target.shape:
             new[name] = value
-            report.loaded.append(name)
+            if name in converted:
+                report.converted.append(f"{name} ({converted[name]})")
+            else:
+                report.loaded.append(name)
         elif name.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]:
             old = source_window or infer_window(value.shape[0], window)
             if old is None or len(old) != len(window):
@@ -123,7 +132,8 @@ def assign(
             f"{describe(state)}"
         )
     model.load_state_dict(new, strict=False)
-    if report.missing or report.unexpected:
+    # A dropped head is the normal fine-tuning case; only a partial backbone is loud.
+    if report.unexpected or any(k not in _HEAD for k in report.missing):
         log.warning("partial load from %s\n%s", where, report)
 
 

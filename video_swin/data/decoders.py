@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -62,6 +63,13 @@ def decord_available() -> bool:
     except Exception:  # ImportError, or a broken native library
         return False
     return True
+
+
+def _check_file(path: str | Path) -> None:
+    if not os.path.isfile(path):
+        raise DecodeError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise DecodeError(path, "empty file (0 bytes)")
 
 
 def _check_indices(path: str | Path, indices: np.ndarray, num_frames: int) -> None:
@@ -129,8 +137,7 @@ class DecordDecoder(Decoder):
 
     def read(self, path: str | Path, select: IndexSelector) -> tuple[torch.Tensor, np.ndarray]:
         decord = _import_decord()
-        if not Path(path).is_file():
-            raise DecodeError(path, "file not found")
+        _check_file(path)
         try:
             reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=self.num_threads)
         except Exception as exc:
@@ -173,8 +180,7 @@ class PyAVDecoder(Decoder):
     def read(self, path: str | Path, select: IndexSelector) -> tuple[torch.Tensor, np.ndarray]:
         import av  # noqa: PLC0415  (keeps `import video_swin.data` light)
 
-        if not Path(path).is_file():
-            raise DecodeError(path, "file not found")
+        _check_file(path)
         try:
             container = av.open(str(path), metadata_errors="ignore")
         except Exception as exc:
@@ -274,17 +280,26 @@ class FallbackDecoder(Decoder):
             raise ValueError("FallbackDecoder needs at least one decoder")
         self.decoders = list(decoders)
         self.name = "+".join(d.name for d in self.decoders)
+        self._warned = False
 
     def read(self, path: str | Path, select: IndexSelector) -> tuple[torch.Tensor, np.ndarray]:
-        reasons = []
+        failures: list[tuple[str, str]] = []
         for decoder in self.decoders:
             try:
-                return decoder.read(path, select)
+                result = decoder.read(path, select)
             except DecodeError as exc:
-                reasons.append(f"{decoder.name}: {exc.reason}")
-        if all("file not found" in r for r in reasons):
-            raise DecodeError(path, "file not found")
-        raise DecodeError(path, "; ".join(reasons))
+                failures.append((decoder.name, exc.reason))
+                continue
+            if failures:
+                log = logger.debug if self._warned else logger.warning
+                log("%s: %s failed (%s); decoded with %s instead (warned once per process)",
+                    path, *failures[0], decoder.name)  # fmt: skip
+                self._warned = True
+            return result
+        reasons = {reason for _, reason in failures}
+        if len(reasons) == 1:  # e.g. "file not found": say it once
+            raise DecodeError(path, reasons.pop())
+        raise DecodeError(path, "; ".join(f"{name}: {reason}" for name, reason in failures))
 
 
 def get_decoder(name: str = "decord", *, fallback: bool = True, num_threads: int = 1) -> Decoder:

@@ -1,0 +1,103 @@
+"""Logits equal the references' on random weights: torchvision swin3d, timm and torchvision 2D Swin."""
+
+import re
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import video_swin
+from video_swin.checkpoints import load_checkpoint
+from video_swin.models import num_params
+from video_swin.models.flops import count_flops
+
+
+def rel_diff(ours, ref):
+    return ((ours - ref).abs().max() / ref.abs().max()).item()
+
+
+def official_video_layout(tv_state, mmaction2=False):
+    """torchvision swin3d keys rewritten by hand into the official Video Swin (mmaction) layout."""
+    out = {}
+    for key, value in tv_state.items():
+        m = re.match(r"features\.(\d+)\.(.*)", key)
+        if m:
+            k, rest = int(m.group(1)), m.group(2)
+            if k % 2 == 0:
+                j, tail = rest.split(".", 1)
+                tail = tail.replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
+                key = f"layers.{k // 2}.blocks.{j}.{tail}"
+            else:
+                key = f"layers.{k // 2}.downsample.{rest}"
+        if key.startswith("head."):
+            out[key.replace("head.", "cls_head.fc_cls.")] = value
+            continue
+        if mmaction2 and key.startswith("norm."):
+            key = key.replace("norm.", "norm3.")
+        out["backbone." + key] = value
+    return {"meta": {"epoch": 30}, "state_dict": out}
+
+
+@pytest.fixture(scope="module", params=["swin3d_t", "swin3d_s"])
+def video_pair(request):
+    torch.manual_seed(0)
+    ref = getattr(torchvision.models.video, request.param)().eval()
+    return request.param, ref
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16, 224, 224), (1, 3, 13, 230, 250)])
+def test_video_logits_match_torchvision_both_layouts(video_pair, shape, tmp_path):
+    name, ref = video_pair
+    torch.manual_seed(1)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        expected = ref(x)
+    path = tmp_path / "official.pth"
+    torch.save(official_video_layout(ref.state_dict()), path)
+    for source, layout in [(ref.state_dict(), "torchvision_video"), (path, "official_video")]:
+        model = video_swin.create_model(name).eval()
+        report = load_checkpoint(model, source)
+        assert report.layout == layout
+        assert not report.missing and not report.unexpected
+        with torch.no_grad():
+            assert rel_diff(model(x), expected) < 1e-4
+
+
+def test_mmaction2_layout_final_norm3():
+    torch.manual_seed(0)
+    ref = torchvision.models.video.swin3d_t().eval()
+    model = video_swin.create_model("swin3d_t").eval()
+    report = load_checkpoint(model, official_video_layout(ref.state_dict(), mmaction2=True))
+    assert not report.missing and not report.unexpected
+    x = torch.randn(1, 3, 8, 224, 224)
+    with torch.no_grad():
+        assert rel_diff(model(x), ref(x)) < 1e-4
+
+
+def test_image_logits_match_timm_and_torchvision():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 224, 224)
+    refs = {
+        "timm": timm.create_model("swin_tiny_patch4_window7_224", pretrained=False),
+        "torchvision": torchvision.models.swin_t(),
+    }
+    for layout, ref in refs.items():
+        ref.eval()
+        model = video_swin.create_model("swin_t", num_classes=1000).eval()
+        report = load_checkpoint(model, ref.state_dict())
+        assert report.layout == layout and not report.missing and not report.unexpected
+        with torch.no_grad():
+            assert rel_diff(model(x), ref(x)) < 1e-4, layout
+
+
+@pytest.mark.parametrize("name, count", [("swin3d_t", 28_158_070), ("swin3d_s", 49_816_678), ("swin3d_b", 88_048_984)])
+def test_parameter_counts_equal_torchvision(name, count):
+    assert num_params(video_swin.create_model(name, num_classes=400)) == count
+    assert num_params(getattr(torchvision.models.video, name)()) == count
+
+
+def test_flops_swin3d_t_close_to_paper():
+    model = video_swin.create_model("swin3d_t").eval()
+    gflops = count_flops(model, torch.randn(1, 3, 32, 224, 224)) / 1e9
+    assert abs(gflops - 87.9) / 87.9 < 0.05, gflops

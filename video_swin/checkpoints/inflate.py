@@ -1,0 +1,181 @@
+"""Inflating image (2D) Swin weights into a video (3D) Swin.
+
+Only two kinds of tensors differ between an image Swin and its video
+counterpart; everything else (qkv, proj, MLPs, norms, patch merging) keeps
+its shape and is copied as is:
+
+* ``patch_embed.proj.weight``, Tensor[C, Cin, ph, pw] -> Tensor[C, Cin, pt, ph, pw]:
+  ``"average"`` repeats the kernel over the patch's ``pt`` frames and divides
+  by ``pt``; ``"center"`` puts it in frame ``pt // 2`` with zeros elsewhere.
+  Either way a clip of one repeated image embeds exactly like the image.
+* ``*.relative_position_bias_table``, Tensor[(2M-1)^2, nH] ->
+  Tensor[(2P-1)(2M'-1)^2, nH]: bicubically resized per head when the image
+  window M differs from the video window's spatial part M' (e.g. a
+  window-12 Swin-B from 384 px into window 7), then repeated over the
+  2P-1 temporal offsets, so attention never prefers one frame over another.
+
+Together these pin the invariant the tests check: an inflated model run on
+a static clip gives, at every output time step, the image model's features.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from .formats import describe, infer_window, repeat_over_time, resize_bias_table, to_canonical
+from .io import CheckpointError, StateDict, read_state_dict
+from .loading import LoadReport, assign, check_finite
+
+log = logging.getLogger(__name__)
+TEMPORAL_INITS = ("average", "center")
+_PATCH = "patch_embed.proj.weight"
+_TABLE = "relative_position_bias_table"
+
+
+def inflate_patch_kernel(weight: Tensor, frames: int, temporal_init: str = "average") -> Tensor:
+    """Turns a 2D patch-embedding kernel into a 3D one.
+
+    Args:
+        weight: Tensor[C, Cin, ph, pw].
+        frames: temporal patch size pt.
+        temporal_init: ``"average"`` (kernel / pt in every frame) or
+            ``"center"`` (kernel in frame pt // 2, zeros elsewhere).
+
+    Returns:
+        Tensor[C, Cin, pt, ph, pw]; a new tensor, ``weight`` is untouched.
+    """
+    if temporal_init not in TEMPORAL_INITS:
+        raise ValueError(f"temporal_init must be one of {TEMPORAL_INITS}, got {temporal_init!r}")
+    if temporal_init == "average":
+        return weight.unsqueeze(2).repeat(1, 1, frames, 1, 1) / frames  # (C, Cin, pt, ph, pw)
+    out = weight.new_zeros(weight.shape[:2] + (frames,) + weight.shape[2:])  # (C, Cin, pt, ph, pw)
+    out[:, :, frames // 2] = weight
+    return out
+
+
+def inflate_bias_table(table: Tensor, source_window: tuple[int, int], window: tuple[int, int, int]) -> Tensor:
+    """Turns a 2D relative-position bias table into a 3D one.
+
+    Args:
+        table: Tensor[(2M-1)^2, nH] of an image window ``source_window`` = (M, M).
+        source_window: the image window.
+        window: the video window (P, M', M').
+
+    Returns:
+        Tensor[(2P-1)(2M'-1)^2, nH], rows ordered (dt, dh, dw) like the model's index.
+    """
+    spatial = resize_bias_table(table, tuple(source_window), tuple(window[1:]))  # ((2M'-1)^2, nH)
+    return repeat_over_time(spatial, window[0])  # ((2P-1)(2M'-1)^2, nH)
+
+
+def inflate_state_dict(
+    state: StateDict, model3d: nn.Module, temporal_init: str = "average"
+) -> tuple[StateDict, dict[str, str]]:
+    """Inflates the 2D tensors of an image state dict (our names) to ``model3d``'s shapes.
+
+    Tensors the model has no use for, or whose head count or spatial patch
+    differ, pass through unchanged so that :func:`assign` reports them.
+
+    Args:
+        state: an image Swin state dict already renamed to our names.
+        model3d: the video model; its shapes and per-block windows are the targets.
+        temporal_init: see :func:`inflate_patch_kernel`.
+
+    Returns:
+        ``(state3d, notes)``: a new state dict and, for each inflated tensor,
+        a note on what was done.
+
+    Raises:
+        CheckpointError: a bias table whose row count is no square window.
+    """
+    own = model3d.state_dict()
+    out: StateDict = {}
+    notes: dict[str, str] = {}
+    for name, value in state.items():
+        target = own.get(name)
+        if target is None or value.shape == target.shape:
+            out[name] = value
+        elif name == _PATCH and value.ndim == 4 and target.ndim == 5 and value.shape[2:] == target.shape[3:]:
+            out[name] = inflate_patch_kernel(value, target.shape[2], temporal_init)
+            notes[name] = f"2D kernel {tuple(value.shape)} inflated to {tuple(target.shape)}, {temporal_init}"
+        elif name.endswith(_TABLE) and value.ndim == 2 and value.shape[1] == target.shape[1]:
+            window = tuple(model3d.get_submodule(name.rsplit(".", 1)[0]).window_size)
+            source = infer_window(value.shape[0], window[1:])
+            if source is None:
+                raise CheckpointError(f"{name}: {value.shape[0]} rows is no (2M-1)^2 table of a square image window")
+            out[name] = inflate_bias_table(value, source, window)
+            notes[name] = f"2D window {source} -> {window}"
+        else:
+            out[name] = value
+    return out, notes
+
+
+def inflate_image_checkpoint(
+    model3d: nn.Module,
+    source: str | os.PathLike | Mapping[str, Any],
+    temporal_init: str = "average",
+    *,
+    keep_head: bool = False,
+) -> LoadReport:
+    """Loads image Swin weights into a video Swin, inflating them over time.
+
+    Reads official Microsoft Swin files (``{"model": ...}``, saved index and
+    mask buffers dropped), timm's and torchvision's 2D layouts, detected from
+    the names. The patch embedding and the bias tables are inflated (see the
+    module docstring); everything else is copied.
+
+    Args:
+        model3d: a video :class:`~video_swin.models.SwinTransformer` (``ndim == 3``).
+        source: path (.pth, .pt, .bin, .safetensors) or state dict of a 2D Swin.
+        temporal_init: ``"average"`` or ``"center"`` patch-kernel inflation.
+        keep_head: load the image classifier too when its class count equals
+            the model's; by default it is left freshly initialised.
+
+    Returns:
+        A :class:`LoadReport`; inflated tensors are listed under ``converted``,
+        and a partial match is logged as a warning.
+
+    Raises:
+        CheckpointError: ``model3d`` is no video model, ``source`` is already
+            a video checkpoint (use ``load_checkpoint``), is no Swin at all, or
+            does not fit the model's architecture.
+        ValueError: an unknown ``temporal_init``.
+    """
+    if temporal_init not in TEMPORAL_INITS:
+        raise ValueError(f"temporal_init must be one of {TEMPORAL_INITS}, got {temporal_init!r}")
+    if getattr(model3d, "ndim", None) != 3:
+        raise CheckpointError(
+            "inflate_image_checkpoint needs a video model (e.g. create_model('swin3d_t')); "
+            "to load image weights into an image model use load_checkpoint(model, path)"
+        )
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    raw = read_state_dict(source)
+    state, layout, dropped = to_canonical(raw)
+    patch = state.get(_PATCH)
+    if patch is not None and patch.ndim == 5:
+        raise CheckpointError(
+            f"{where} is already a video (3D) Swin checkpoint; load it with "
+            f"video_swin.checkpoints.load_checkpoint(model, path) instead of inflating it"
+        )
+    if patch is None or patch.ndim != 4:
+        raise CheckpointError(f"{where}: cannot inflate it into a video Swin: it looks like {describe(raw)}")
+    check_finite(state, where)
+    inflated, notes = inflate_state_dict(state, model3d, temporal_init)
+    report = LoadReport(layout=layout, dropped_buffers=dropped)
+    assign(model3d, inflated, report, source_window=None, keep_head=keep_head, where=where, converted=notes)
+    log.info("inflated %s (%s layout, %s) into %s", where, layout, temporal_init, type(model3d).__name__)
+    return report
+
+
+__all__ = [
+    "TEMPORAL_INITS",
+    "inflate_bias_table",
+    "inflate_image_checkpoint",
+    "inflate_patch_kernel",
+    "inflate_state_dict",
+]

@@ -1,0 +1,32 @@
+"""Kinetics-style video data: annotations, decoders, clip sampling, transforms, datasets, demo data.
+
+Importing this package imports neither decord nor PyAV nor pytorchvideo; each
+is loaded the first time it is used.
+"""
+
+from .annotations import VideoRecord, class_names, read_annotations
+from .broken import BrokenVideoLog, TooManyBrokenVideos, failed_paths
+from .dataset import VideoDataset
+from .decoders import DecodeError, Decoder, get_decoder
+from .demo import DEMO_CLASSES, ensure_demo_data, make_demo_data
+from .pipeline import build_video_dataset
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "DEMO_CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BrokenVideoLog",
+    "DecodeError",
+    "Decoder",
+    "TooManyBrokenVideos",
+    "VideoDataset",
+    "VideoRecord",
+    "build_video_dataset",
+    "class_names",
+    "ensure_demo_data",
+    "failed_paths",
+    "get_decoder",
+    "make_demo_data",
+    "read_annotations",
+]

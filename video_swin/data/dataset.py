@@ -1,0 +1,223 @@
+"""``VideoDataset``: annotations + decoder + clip sampling + transforms, as a map-style dataset."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .annotations import build_classes, read_annotations, resolve_labels
+from .broken import TooManyBrokenVideos, too_many
+from .decoders import DecodeError, Decoder, get_decoder
+from .sampling import eval_clip_indices, train_clip_indices
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform
+
+logger = logging.getLogger(__name__)
+
+
+class VideoDataset(Dataset):
+    """Kinetics-style video classification dataset, following the official Video Swin recipe.
+
+    Training: one random clip of ``clip_len`` frames every ``frame_interval``
+    frames, short side to ``short_side``, random resized crop to ``crop_size``,
+    optional flip/RandAugment/random erasing. Validation: ``num_clips`` evenly
+    spaced clips, short side ``short_side``, ``num_crops`` crops. Test: the same
+    with the short side at ``crop_size`` (official test recipe). All views of
+    a video come from one decode of the union of their frames.
+
+    The randomness of sample ``i`` depends only on ``(seed, epoch, i)``: the
+    same clip comes out whichever worker or process loads it. Call
+    :meth:`set_epoch` before each epoch (with ``persistent_workers=False``, the
+    DataLoader default, workers pick it up when they start).
+
+    Broken videos (missing, empty, truncated, not a video) never raise in a
+    worker. In training the sample is replaced by another video chosen from
+    ``(seed, epoch, i, attempt)``; in val/test it comes back with
+    ``"valid": False`` and a zero video, so evaluation can report it. Either
+    way the path is logged once per process and listed in the sample's
+    ``"failed"`` field; more distinct failures than ``max_bad_fraction`` of
+    the dataset (as seen by one process) raise :class:`TooManyBrokenVideos`.
+
+    Args:
+        annotations: Kinetics CSV, mmaction list, or class-per-folder directory
+            (None: the folder tree at ``root``).
+        root: Where the videos are (searched recursively by file name).
+        mode: "train", "val" or "test".
+        clip_len: Frames per clip (T).
+        frame_interval: Step between sampled frames.
+        num_clips: Clips per video in val/test mode (1 in training).
+        num_crops: Crops per clip in val/test mode: 1 (centre) or 3 (along the long side).
+        crop_size: Output side (S).
+        decoder: "decord" (falls back to PyAV per file), "pyav", or a :class:`Decoder`.
+        seed: Base seed of all sampling randomness.
+        short_side: Short side of the frame crops are taken from; default
+            ``round(crop_size * 8 / 7)`` (256 for 224) in train/val, ``crop_size`` in test.
+        flip: Random horizontal flip in training (off for direction-sensitive classes).
+        scale: Area range of the training crop.
+        ratio: Aspect-ratio range of the training crop.
+        rand_augment: ``(num_ops, magnitude)`` RandAugment in training, or None.
+        random_erasing: Probability of random erasing in training.
+        mean: Normalisation mean (0-255 scale).
+        std: Normalisation std (0-255 scale).
+        classes: Class names (or a file with one per line); default: those the
+            annotations define. Pass the training set's ``classes`` to evaluation
+            sets: a label they do not contain is an error naming it.
+        max_bad_fraction: Largest tolerated fraction of undecodable videos.
+        max_attempts: Videos tried for one training sample before giving up.
+        decoder_threads: Decoding threads per video.
+    """
+
+    def __init__(
+        self,
+        annotations: str | Path | None,
+        root: str | Path | None = None,
+        mode: str = "train",
+        clip_len: int = 32,
+        frame_interval: int = 2,
+        num_clips: int = 1,
+        num_crops: int = 1,
+        crop_size: int = 224,
+        decoder: str | Decoder = "decord",
+        seed: int = 0,
+        *,
+        short_side: int | None = None,
+        flip: bool = True,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        rand_augment: tuple[int, int] | None = None,
+        random_erasing: float = 0.0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        classes: Sequence[str] | str | Path | None = None,
+        max_bad_fraction: float = 0.05,
+        max_attempts: int = 10,
+        decoder_threads: int = 1,
+    ) -> None:
+        if mode not in ("train", "val", "test"):
+            raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
+        if mode == "train" and (num_clips, num_crops) != (1, 1):
+            raise ValueError(f"training takes one clip and one crop per video, got {num_clips=} and {num_crops=}")
+        parsed = read_annotations(annotations, root)
+        self.source = parsed.source
+        self.records = parsed.records
+        self.missing = parsed.missing
+        self.classes = build_classes(parsed, classes)
+        self.labels = resolve_labels(self.records, self.classes, parsed.source)
+        self.mode, self.clip_len, self.frame_interval = mode, clip_len, frame_interval
+        self.num_clips, self.num_crops, self.crop_size = num_clips, num_crops, crop_size
+        self.seed, self.epoch = seed, 0
+        self.max_bad_fraction, self.max_attempts = max_bad_fraction, max_attempts
+        self.decoder = decoder if isinstance(decoder, Decoder) else get_decoder(decoder, num_threads=decoder_threads)
+        if short_side is None:
+            short_side = crop_size if mode == "test" else round(crop_size * 8 / 7)
+        self.transform = ClipTransform(
+            mode, crop_size, short_side, num_crops=num_crops, flip=flip, scale=scale, ratio=ratio,
+            rand_augment=rand_augment, random_erasing=random_erasing, mean=mean, std=std,
+        )  # fmt: skip
+        self._bad: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_views(self) -> int:
+        """Views per sample: 1 in training, ``num_clips * num_crops`` otherwise."""
+        return 1 if self.mode == "train" else self.num_clips * self.num_crops
+
+    @property
+    def bad_files(self) -> dict[str, str]:
+        """``{path: reason}`` of the videos this process failed to decode."""
+        return dict(self._bad)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch that, with the seed and the index, determines each sample's randomness."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        """One sample.
+
+        Returns:
+            ``{"video": float32 Tensor[3, T, S, S] (train) or Tensor[V, 3, T, S, S]
+            (val/test, V = num_clips * num_crops, clip-major), "label": int,
+            "index": int, "path": str, "valid": bool, "failed": str}``. In training,
+            after a replacement, index/path/label are those of the video returned
+            and ``"failed"`` lists (newline-joined) the paths that failed first.
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} videos")
+        if self.mode != "train":
+            try:
+                video = self._load(index, None)
+            except DecodeError as exc:
+                self._record_failure(exc)
+                shape = (self.num_views, 3, self.clip_len, self.crop_size, self.crop_size)
+                return self._sample(index, torch.zeros(shape), valid=False, failed=[self.records[index].path])
+            return self._sample(index, video)
+        failed: list[str] = []
+        target = index
+        for attempt in range(self.max_attempts):
+            if attempt > 0:
+                target = self._replacement(index, attempt)
+            try:
+                video = self._load(target, [self.seed, self.epoch, index, attempt])[0]
+            except DecodeError as exc:
+                self._record_failure(exc)
+                failed.append(self.records[target].path)
+                continue
+            return self._sample(target, video, failed=failed)
+        raise RuntimeError(f"{self.max_attempts} videos in a row could not be decoded: {', '.join(failed)}")
+
+    def _load(self, index: int, sample_seed: list[int] | None) -> torch.Tensor:
+        """Decodes and transforms video ``index``: ``Tensor[V, 3, T, S, S]``.
+
+        In training, ``sample_seed`` = [seed, epoch, requested index, attempt]
+        seeds the clip position (``sample_seed + [0]``) and the spatial
+        augmentation (``sample_seed + [1]``).
+        """
+        num_clips, clip_len = (1, self.clip_len) if self.mode == "train" else (self.num_clips, self.clip_len)
+
+        def select(num_frames: int) -> np.ndarray:  # pure: a fallback decoder may call it twice
+            if self.mode == "train":
+                rng = np.random.default_rng([*sample_seed, 0])
+                return train_clip_indices(num_frames, clip_len, self.frame_interval, rng)
+            return eval_clip_indices(num_frames, clip_len, self.frame_interval, num_clips).reshape(-1)
+
+        frames, _ = self.decoder.read(self.records[index].path, select)  # (C*T, H, W, 3)
+        clips = frames.view(num_clips, clip_len, *frames.shape[1:])  # (C, T, H, W, 3)
+        rng = np.random.default_rng([*sample_seed, 1]) if self.mode == "train" else None
+        return self.transform(clips, rng)  # (V, 3, T, S, S)
+
+    def _replacement(self, index: int, attempt: int) -> int:
+        if len(self) == 1:
+            return index
+        rng = np.random.default_rng([self.seed, self.epoch, index, attempt, 2])
+        return int((index + 1 + rng.integers(len(self) - 1)) % len(self))  # any index but `index`
+
+    def _record_failure(self, exc: DecodeError) -> None:
+        if exc.path not in self._bad:
+            self._bad[exc.path] = exc.reason
+            action = "replaced by another video" if self.mode == "train" else "reported as not scored"
+            logger.warning("cannot decode %s (%s); %s", exc.path, exc.reason, action)
+        if too_many(len(self._bad), len(self), self.max_bad_fraction):
+            raise TooManyBrokenVideos(list(self._bad), len(self), self.max_bad_fraction, self._bad)
+
+    def _sample(self, index: int, video: torch.Tensor, valid: bool = True, failed: Sequence[str] = ()) -> dict:
+        return {
+            "video": video,
+            "label": self.labels[index],
+            "index": index,
+            "path": self.records[index].path,
+            "valid": valid,
+            "failed": "\n".join(failed),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(mode={self.mode!r}, videos={len(self)}, classes={len(self.classes)}, "
+            f"clip={self.clip_len}x{self.frame_interval}, views={self.num_views}, crop={self.crop_size}, "
+            f"decoder={self.decoder.name!r}, source={self.source!r})"
+        )

@@ -1,0 +1,240 @@
+"""The demo dataset: small synthetic H.264 videos of ten motion classes, in Kinetics layout.
+
+The classes come in five time-reversed pairs (moving right/left, down/up,
+rotating clockwise/counterclockwise, zooming in/out, appearing/vanishing):
+each video of the second class of a pair is drawn from the same distribution
+as the first and played backwards, so no single frame tells the pair apart
+and a model has to use time. Backgrounds, object shapes and colours, frame
+sizes (portrait too), frame rates and lengths vary per video.
+
+Layout, as the official Kinetics downloads::
+
+    <out>/train.csv, <out>/val.csv            label,youtube_id,time_start,time_end,split
+    <out>/{train,val}/<label>/<youtube_id>_<start:06d>_<end:06d>.mp4
+
+Every video has its own generator seeded by (seed, split, class, number), so
+the output depends only on the seed and the counts (x264 runs single-threaded
+for the same reason).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .annotations import clear_scan_cache
+
+logger = logging.getLogger(__name__)
+
+# (class played forward, class played backward, motion)
+_PAIRS = (
+    ("moving right", "moving left", "move_x"),
+    ("moving down", "moving up", "move_y"),
+    ("rotating clockwise", "rotating counterclockwise", "rotate"),
+    ("zooming in", "zooming out", "zoom"),
+    ("appearing", "vanishing", "fade"),
+)
+DEMO_CLASSES = tuple(sorted(name for pair in _PAIRS for name in pair[:2]))
+# (W, H). No width 72: decord 0.6 fails on it ("DECORDArrayCopyFromTo: The size must exactly match").
+_SIZES = ((96, 64), (112, 64), (128, 72), (96, 72), (80, 80), (64, 96), (64, 112), (80, 128))
+_FPS = (12, 15, 20, 24, 30)
+_MIN_FRAMES = 32
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A static background ``(H, W, 3)`` float: solid, gradient, stripes or smooth blotches."""
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    kind = rng.integers(4)
+    if kind == 0:
+        return np.broadcast_to(c0, (h, w, 3)).astype(np.float32)
+    if kind == 1:
+        a = rng.uniform(0, 2 * math.pi)
+        t = (xx * math.cos(a) + yy * math.sin(a)) / math.hypot(h, w) + 0.5
+        return c0 + (c1 - c0) * np.clip(t, 0, 1)[..., None]
+    if kind == 2:
+        a, period = rng.uniform(0, math.pi), rng.uniform(6, 20)
+        t = 0.5 + 0.5 * np.sin(2 * math.pi * (xx * math.cos(a) + yy * math.sin(a)) / period)
+        return c0 + 0.35 * (c1 - c0) * t[..., None]
+    grid = rng.uniform(0, 1, (4, 4, 3))
+    up = grid[np.minimum(yy.astype(int) * 4 // h, 3), np.minimum(xx.astype(int) * 4 // w, 3)]  # (H, W, 3)
+    return c0 * 0.6 + up * 100.0
+
+
+def _shape_mask(shape: str, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
+    """Inside-test of a unit-size shape in object-local coordinates."""
+    if shape == "circle":
+        return lx**2 + ly**2 <= 1.0
+    if shape == "square":
+        return np.maximum(abs(lx), abs(ly)) <= 0.8
+    if shape == "diamond":
+        return abs(lx) + abs(ly) <= 1.0
+    if shape == "bar":
+        return (abs(lx) <= 1.0) & (abs(ly) <= 0.28)
+    # "pointer": a triangle pointing to +x
+    return (lx >= -0.6) & (abs(ly) <= 0.6 * (1.0 - lx) / 1.6)
+
+
+def _render(rng: np.random.Generator, motion: str, backward: bool) -> tuple[np.ndarray, int]:
+    """Frames ``(N, H, W, 3)`` uint8 and the frame rate of one demo video."""
+    w, h = _SIZES[rng.integers(len(_SIZES))]
+    fps = int(_FPS[rng.integers(len(_FPS))])
+    n = max(_MIN_FRAMES, round(rng.uniform(2.0, 3.0) * fps))
+    bg = _background(rng, h, w)
+    color = rng.uniform(0, 255, 3)
+    if abs(color.mean() - bg.mean()) < 70:  # keep the object visible
+        color = np.where(bg.mean() > 127, color * 0.3, 255 - (255 - color) * 0.3)
+    shapes = ("pointer", "bar", "square") if motion == "rotate" else ("circle", "square", "diamond", "pointer")
+    shape = shapes[rng.integers(len(shapes))]
+    short = min(h, w)
+    radius = rng.uniform(0.16, 0.24) * short
+    angle0 = rng.uniform(0, 2 * math.pi)
+    cx, cy = rng.uniform(0.35, 0.65) * w, rng.uniform(0.35, 0.65) * h
+    span = rng.uniform(0.45, 0.65)
+    turn = rng.uniform(0.8, 1.4) * math.pi
+    zoom = rng.uniform(2.2, 3.2)
+    jitter = rng.normal(0, 0.6, (n, 2))
+    noise_seed = int(rng.integers(2**31))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        u = i / (n - 1)
+        u = 1.0 - u if backward else u
+        x, y, r, a, alpha = cx, cy, radius, angle0, 1.0
+        if motion == "move_x":
+            x = radius + (w - 2 * radius - span * w) * 0.5 + span * w * u
+        elif motion == "move_y":
+            y = radius + (h - 2 * radius - span * h) * 0.5 + span * h * u
+        elif motion == "rotate":
+            a = angle0 + turn * u  # y points down: a growing angle turns clockwise on screen
+            r = radius * 1.3
+        elif motion == "zoom":
+            r = 0.12 * short * zoom**u
+        else:
+            alpha = u
+        x, y = x + jitter[i, 0], y + jitter[i, 1]
+        dx, dy = xx - x, yy - y
+        lx = (dx * math.cos(a) + dy * math.sin(a)) / r
+        ly = (-dx * math.sin(a) + dy * math.cos(a)) / r
+        mask = _shape_mask(shape, lx, ly)[..., None] * alpha
+        frame = bg * (1 - mask) + color * mask
+        frame += np.random.default_rng([noise_seed, i]).normal(0, 4, (h, w, 1))
+        frames[i] = np.clip(frame, 0, 255).astype(np.uint8)
+    return frames, fps
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18, gop: int | None = None) -> None:
+    """Writes ``frames`` (N, H, W, 3) uint8 (even H and W) as H.264/yuv420p mp4 with PyAV."""
+    import av  # noqa: PLC0415
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "g": str(gop or fps), "threads": "1"}
+        for frame in frames:
+            # Convert to yuv420p here: the conversion PyAV does inside encode() is not
+            # reproducible run to run, and the files must be identical for a seed.
+            yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+            container.mux(stream.encode(yuv))
+        container.mux(stream.encode())
+
+
+def _make_one(job: tuple[str, int, str, int, int, int, str, bool]) -> list[str]:
+    out, seed, split, split_id, class_id, number, motion, backward = job
+    label = DEMO_CLASSES[class_id]
+    rng = np.random.default_rng([seed, split_id, class_id, number])
+    youtube_id = "".join(_ID_CHARS[i] for i in rng.integers(len(_ID_CHARS), size=11))
+    start = int(rng.integers(0, 290))
+    frames, fps = _render(rng, motion, backward)
+    folder = Path(out) / split / label
+    folder.mkdir(parents=True, exist_ok=True)
+    write_video(folder / f"{youtube_id}_{start:06d}_{start + 10:06d}.mp4", frames, fps)
+    return [label, youtube_id, str(start), str(start + 10), split]
+
+
+def make_demo_data(
+    out: str | Path = "data/demo",
+    seed: int = 0,
+    train_per_class: int = 30,
+    val_per_class: int = 10,
+    workers: int | None = None,
+) -> Path:
+    """Writes the demo dataset (videos first, the two CSVs last).
+
+    Args:
+        out: Output folder.
+        seed: Seed; the output depends only on it and the counts.
+        train_per_class: Training videos per class.
+        val_per_class: Validation videos per class.
+        workers: Processes (default: up to 2, by CPU count).
+
+    Returns:
+        ``out``.
+    """
+    out = Path(out)
+    jobs = []
+    for split_id, (split, count) in enumerate((("train", train_per_class), ("val", val_per_class))):
+        for forward, backward, motion in _PAIRS:
+            for label, reverse in ((forward, False), (backward, True)):
+                class_id = DEMO_CLASSES.index(label)
+                jobs += [(str(out), seed, split, split_id, class_id, k, motion, reverse) for k in range(count)]
+    workers = workers or min(2, os.cpu_count() or 1)
+    if workers > 1 and len(jobs) > 8:
+        with ProcessPoolExecutor(workers) as pool:
+            rows = list(pool.map(_make_one, jobs, chunksize=8))
+    else:
+        rows = [_make_one(job) for job in jobs]
+    for split in ("train", "val"):
+        with open(out / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+            writer.writerows(r for r in rows if r[4] == split)
+    clear_scan_cache()
+    logger.info("wrote %d demo videos to %s", len(rows), out)
+    return out
+
+
+def ensure_demo_data(root: str | Path = "data/demo", seed: int = 0, **kwargs) -> Path:
+    """Generates the demo dataset at ``root`` unless its ``train.csv`` and ``val.csv`` are there.
+
+    Safe to call from several processes at once: each builds in a temporary
+    sibling folder and the first to rename it into place wins.
+
+    Args:
+        root: Dataset folder.
+        seed: Seed for generation.
+        **kwargs: ``train_per_class``, ``val_per_class``, ``workers`` for :func:`make_demo_data`.
+
+    Returns:
+        ``root``.
+    """
+    root = Path(root)
+    if (root / "train.csv").is_file() and (root / "val.csv").is_file():
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists but has no train.csv/val.csv; remove it or choose another folder")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("generating the demo dataset in %s", root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
+    try:
+        make_demo_data(tmp, seed=seed, **kwargs)
+        try:
+            os.replace(tmp, root)  # atomic; replaces an empty folder, fails if another process finished first
+        except OSError:
+            if not (root / "val.csv").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    clear_scan_cache()
+    return root

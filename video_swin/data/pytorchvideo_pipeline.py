@@ -1,0 +1,146 @@
+"""The same dataset built through pytorchvideo: its ``LabeledVideoDataset`` and clip samplers.
+
+An alternative pipeline (``data.pipeline: pytorchvideo``) and the baseline the
+data benchmark compares against. Annotation parsing, class list and spatial
+transforms are ours; decoding and clip sampling are pytorchvideo's. Its clip
+samplers work in seconds, so a clip spans ``clip_len * frame_interval / fps``
+seconds at an assumed frame rate and is then subsampled uniformly to
+``clip_len`` frames. pytorchvideo's ``transforms`` package does not import with
+current torchvision (it needs ``functional_tensor``); only ``pytorchvideo.data``
+is used. Its random clip sampler draws from Python's global ``random``, so this
+pipeline does not give the ``(seed, epoch, index)`` determinism of
+:class:`~video_swin.data.VideoDataset`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from .annotations import build_classes, read_annotations, resolve_labels
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform
+
+
+def uniform_temporal_indices(num_frames: int, clip_len: int) -> torch.Tensor:
+    """``clip_len`` indices spread evenly over ``num_frames`` (pytorchvideo's ``UniformTemporalSubsample``)."""
+    return torch.linspace(0, num_frames - 1, clip_len).clamp(0, num_frames - 1).long()
+
+
+class PytorchvideoDataset(IterableDataset):
+    """pytorchvideo-decoded clips with our transforms; yields the same sample dicts as ``VideoDataset``.
+
+    Args:
+        annotations: As for :class:`~video_swin.data.VideoDataset`.
+        root: Where the videos are.
+        mode: "train" (random clip sampler, shuffled videos) or "val"/"test"
+            (``num_clips`` constant clips per video, grouped into one sample).
+        clip_len: Frames per clip (T).
+        frame_interval: Frame step the clip span is computed from.
+        num_clips: Clips per video in val/test.
+        num_crops: Crops per clip in val/test (1 or 3).
+        crop_size: Output side (S).
+        decoder: Ignored (kept for a signature like ``VideoDataset``'s): pytorchvideo
+            decodes with its own PyAV reader here; its decord reader sets decord's
+            global bridge at import time.
+        seed: Seed of the spatial augmentation.
+        fps: Frame rate assumed to turn the clip span into seconds.
+        shuffle: Shuffle the video order (default: in training only).
+        **transform_kwargs: ``short_side``, ``flip``, ``scale``, ``ratio``,
+            ``rand_augment``, ``random_erasing``, ``mean``, ``std`` as for ``VideoDataset``.
+    """
+
+    def __init__(
+        self,
+        annotations: str | Path | None,
+        root: str | Path | None = None,
+        mode: str = "train",
+        clip_len: int = 32,
+        frame_interval: int = 2,
+        num_clips: int = 1,
+        num_crops: int = 1,
+        crop_size: int = 224,
+        decoder: str = "pyav",
+        seed: int = 0,
+        *,
+        classes: Sequence[str] | str | Path | None = None,
+        fps: float = 30.0,
+        shuffle: bool | None = None,
+        short_side: int | None = None,
+        flip: bool = True,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        rand_augment: tuple[int, int] | None = None,
+        random_erasing: float = 0.0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        from pytorchvideo.data import LabeledVideoDataset, make_clip_sampler  # noqa: PLC0415
+
+        if mode == "train" and (num_clips, num_crops) != (1, 1):
+            raise ValueError(f"training takes one clip and one crop per video, got {num_clips=} and {num_crops=}")
+        parsed = read_annotations(annotations, root)
+        self.records, self.missing = parsed.records, parsed.missing
+        self.classes = build_classes(parsed, classes)
+        self.labels = resolve_labels(self.records, self.classes, parsed.source)
+        self.mode, self.clip_len, self.num_clips, self.crop_size = mode, clip_len, num_clips, crop_size
+        self.seed, self.epoch = seed, 0
+        if short_side is None:
+            short_side = crop_size if mode == "test" else round(crop_size * 8 / 7)
+        self.transform = ClipTransform(
+            mode, crop_size, short_side, num_crops=num_crops, flip=flip, scale=scale, ratio=ratio,
+            rand_augment=rand_augment, random_erasing=random_erasing, mean=mean, std=std,
+        )  # fmt: skip
+        duration = Fraction(clip_len * frame_interval) / Fraction(fps).limit_denominator(1001)
+        if mode == "train":
+            clip_sampler = make_clip_sampler("random", duration)
+        else:
+            clip_sampler = make_clip_sampler("constant_clips_per_video", duration, num_clips)
+        shuffle = mode == "train" if shuffle is None else shuffle
+        labeled = [(r.path, {"label": lab}) for r, lab in zip(self.records, self.labels)]
+        self._ptv = LabeledVideoDataset(
+            labeled,
+            clip_sampler,
+            torch.utils.data.RandomSampler if shuffle else torch.utils.data.SequentialSampler,
+            decode_audio=False,
+            decoder="pyav",
+        )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch mixed into the augmentation seed."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[dict]:
+        group: list[torch.Tensor] = []
+        for item in self._ptv:
+            video = item["video"]  # (3, T', H, W) float in [0, 255]
+            index = int(item["video_index"])
+            keep = uniform_temporal_indices(video.shape[1], self.clip_len)
+            frames = video[:, keep].permute(1, 2, 3, 0).to(torch.uint8).contiguous()  # (T, H, W, 3)
+            if self.mode == "train":
+                rng = np.random.default_rng([self.seed, self.epoch, index])
+                yield self._sample(index, self.transform(frames[None], rng)[0])
+                continue
+            clip_index = int(item["clip_index"])
+            if clip_index == 0:
+                group = []
+            group.append(frames)
+            if clip_index == self.num_clips - 1 and len(group) == self.num_clips:
+                yield self._sample(index, self.transform(torch.stack(group)))  # (V, 3, T, S, S)
+
+    def _sample(self, index: int, video: torch.Tensor) -> dict:
+        return {
+            "video": video,
+            "label": self.labels[index],
+            "index": index,
+            "path": self.records[index].path,
+            "valid": True,
+            "failed": "",
+        }

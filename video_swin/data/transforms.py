@@ -1,0 +1,232 @@
+"""Clip-consistent spatial transforms: every frame of a clip gets the same crop, flip and augmentation.
+
+The official recipe resizes the short side (to 256 for training and validation,
+to ``crop_size`` for testing) and then crops. Here the crop boxes are chosen in
+the coordinates of that resized frame and mapped back to the source frame, so
+each view is one crop-and-resize of the source: one resampling instead of
+two, done once per clip on uint8 frames (torch's fast channels-last path).
+Conversion to float happens after cropping.
+
+Randomness comes in as a ``numpy.random.Generator``; RandAugment and random
+erasing (torchvision.transforms.v2, which draw from torch's global generator)
+run under a forked torch RNG seeded from it, so a clip's augmentation depends
+only on that generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# ImageNet mean/std on the 0-255 scale, as in the official Video Swin configs.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+Box = tuple[int, int, int, int]  # (top, left, height, width) in pixels
+
+
+def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """Frame size after scaling the short side to ``short_side`` (aspect kept, mmaction rounding)."""
+    if height <= width:
+        return short_side, int(width * short_side / height + 0.5)
+    return int(height * short_side / width + 0.5), short_side
+
+
+def random_resized_box(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Box:
+    """Inception-style random crop box (area fraction in ``scale``, aspect ratio in ``ratio``).
+
+    Ten tries as in torchvision's ``RandomResizedCrop``, then a centre crop with
+    the aspect ratio clamped to ``ratio``.
+
+    Returns:
+        ``(top, left, height, width)`` in the given frame's pixels.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def center_box(height: int, width: int, size: int) -> Box:
+    """The ``size`` x ``size`` box in the middle of the frame."""
+    return (height - size) // 2, (width - size) // 2, size, size
+
+
+def three_crop_boxes(height: int, width: int, size: int) -> list[Box]:
+    """Three ``size`` x ``size`` boxes along the long side: start, middle, end (mmaction ``ThreeCrop``)."""
+    top, left = (height - size) // 2, (width - size) // 2
+    if width >= height:
+        return [(top, 0, size, size), (top, left, size, size), (top, width - size, size, size)]
+    return [(0, left, size, size), (top, left, size, size), (height - size, left, size, size)]
+
+
+def _to_source(box: Box, fy: float, fx: float, height: int, width: int) -> Box:
+    top = min(max(round(box[0] * fy), 0), height - 1)
+    left = min(max(round(box[1] * fx), 0), width - 1)
+    h = min(max(round(box[2] * fy), 1), height - top)
+    w = min(max(round(box[3] * fx), 1), width - left)
+    return top, left, h, w
+
+
+def resized_crops(frames: torch.Tensor, boxes: Sequence[Box], size: int) -> torch.Tensor:
+    """Crops every box from all frames and resizes it to ``size`` x ``size``.
+
+    Args:
+        frames: ``Tensor[T, H, W, 3]`` uint8 (or float).
+        boxes: ``(top, left, height, width)`` boxes in source pixels.
+        size: Output side.
+
+    Returns:
+        ``Tensor[len(boxes), T, 3, size, size]``, same dtype as ``frames``.
+    """
+    x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W), channels-last in memory: torch's fast uint8 resize path
+    views = []
+    for top, left, h, w in boxes:
+        crop = x[:, :, top : top + h, left : left + w]  # (T, 3, h, w)
+        if (h, w) != (size, size):
+            crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        views.append(crop)
+    return torch.stack(views)  # (V, T, 3, size, size)
+
+
+def normalize(clips: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``Tensor[..., T, 3, H, W]`` -> float32 ``Tensor[..., 3, T, H, W]``, ``(x - mean) / std``."""
+    x = clips.transpose(-4, -3).to(torch.float32, memory_format=torch.contiguous_format)  # (..., 3, T, H, W)
+    shape = (3, 1, 1, 1)
+    x.sub_(torch.tensor(mean, dtype=torch.float32).view(shape))
+    x.mul_(1.0 / torch.tensor(std, dtype=torch.float32).view(shape))
+    return x
+
+
+class ClipTransform:
+    """Turns decoded frames into normalised views, train or evaluation recipe.
+
+    Args:
+        mode: "train" (one random resized crop, optional flip/RandAugment/erasing),
+            "val" or "test" (``num_crops`` deterministic crops per clip: 1 = centre,
+            3 = start/middle/end of the long side).
+        crop_size: Output side of every view.
+        short_side: Short side of the frame the crops are taken from.
+        num_crops: Crops per clip in val/test mode (1 or 3).
+        flip: Random horizontal flip (p=0.5) in training; turn off for
+            direction-sensitive data (SSv2, the demo's left/right pair).
+        scale: Area range of the training crop, relative to the resized frame.
+        ratio: Aspect-ratio range of the training crop.
+        rand_augment: ``(num_ops, magnitude)`` for torchvision's RandAugment, or None.
+        random_erasing: Probability of random erasing (0 disables).
+        mean: Per-channel mean on the 0-255 scale.
+        std: Per-channel std on the 0-255 scale.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        crop_size: int,
+        short_side: int,
+        *,
+        num_crops: int = 1,
+        flip: bool = True,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        rand_augment: tuple[int, int] | None = None,
+        random_erasing: float = 0.0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if mode not in ("train", "val", "test"):
+            raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
+        if num_crops not in (1, 3):
+            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        if short_side < crop_size and mode != "train":
+            raise ValueError(f"short_side ({short_side}) must be >= crop_size ({crop_size}) for {mode}")
+        self.mode, self.crop_size, self.short_side, self.num_crops = mode, crop_size, short_side, num_crops
+        self.flip, self.scale, self.ratio = flip, scale, ratio
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._rand_augment = None
+        if rand_augment is not None:
+            from torchvision.transforms import v2  # noqa: PLC0415
+
+            self._rand_augment = v2.RandAugment(num_ops=rand_augment[0], magnitude=rand_augment[1])
+        self._erasing = None
+        if random_erasing > 0:
+            from torchvision.transforms import v2  # noqa: PLC0415
+
+            self._erasing = v2.RandomErasing(p=random_erasing, value="random")
+
+    @property
+    def num_views_per_clip(self) -> int:
+        return 1 if self.mode == "train" else self.num_crops
+
+    def boxes(self, height: int, width: int, rng: np.random.Generator | None = None) -> list[Box]:
+        """Crop boxes in source pixels for a ``height`` x ``width`` video."""
+        rh, rw = resized_size(height, width, self.short_side)
+        if self.mode == "train":
+            if rng is None:
+                raise ValueError("training crops need a random generator")
+            boxes = [random_resized_box(rh, rw, rng, self.scale, self.ratio)]
+        elif self.num_crops == 1:
+            boxes = [center_box(rh, rw, self.crop_size)]
+        else:
+            boxes = three_crop_boxes(rh, rw, self.crop_size)
+        return [_to_source(b, height / rh, width / rw, height, width) for b in boxes]
+
+    def __call__(self, clips: torch.Tensor, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """Applies the recipe.
+
+        Args:
+            clips: ``Tensor[C, T, H, W, 3]`` uint8, C clips of one video.
+            rng: Randomness for training (crop box, flip, augmentations).
+
+        Returns:
+            float32 ``Tensor[C * K, 3, T, S, S]`` (K crops per clip, clip-major)
+            with S = ``crop_size``; in train mode C must be 1 and the result is
+            ``Tensor[1, 3, T, S, S]``.
+        """
+        num_clips, clip_len, height, width = clips.shape[:4]
+        boxes = self.boxes(height, width, rng)
+        flat = clips.reshape(num_clips * clip_len, height, width, 3)  # (C*T, H, W, 3)
+        views = resized_crops(flat, boxes, self.crop_size)  # (K, C*T, 3, S, S)
+        S = self.crop_size
+        views = views.view(len(boxes), num_clips, clip_len, 3, S, S).transpose(0, 1)  # (C, K, T, 3, S, S)
+        views = views.reshape(num_clips * len(boxes), clip_len, 3, S, S)  # (V, T, 3, S, S)
+        if self.mode != "train":
+            return normalize(views, self.mean, self.std)
+        if num_clips != 1:
+            raise ValueError(f"train mode takes one clip, got {num_clips}")
+        if self.flip and rng.random() < 0.5:
+            views = views.flip(-1)
+        if self._rand_augment is None and self._erasing is None:
+            return normalize(views, self.mean, self.std)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            if self._rand_augment is not None:
+                views = self._rand_augment(views[0].contiguous())[None]  # one draw for all T frames
+            out = normalize(views, self.mean, self.std)  # (1, 3, T, S, S)
+            if self._erasing is not None:
+                out = self._erasing(out[0].transpose(0, 1)).transpose(0, 1)[None]  # one box for all frames
+        return out.contiguous()

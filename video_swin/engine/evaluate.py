@@ -1,0 +1,181 @@
+"""Multi-view evaluation: every video scored once over its clips x crops, across any number of processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoScores:
+    """Per-video results, one row per distinct video index, sorted by index."""
+
+    index: Tensor  # (N,) long
+    label: Tensor  # (N,) long
+    scores: Tensor  # (N, K) averaged probabilities (or logits)
+    valid: Tensor  # (N,) bool: False if the video could not be decoded
+
+
+def score_views(model: nn.Module, videos: Tensor, max_views: int, average: str) -> Tensor:
+    """Scores a batch of multi-view samples.
+
+    Args:
+        model: classifier taking Tensor[B, 3, T, H, W].
+        videos: Tensor[B, V, 3, T, H, W].
+        max_views: at most this many views per forward (memory bound).
+        average: "prob" (mean of softmax, the official default) or "logit".
+
+    Returns:
+        Tensor[B, K] float32.
+    """
+    b, v = videos.shape[:2]
+    flat = videos.flatten(0, 1)  # (B*V, 3, T, H, W)
+    logits = torch.cat([model(chunk).float() for chunk in flat.split(max_views)])  # (B*V, K)
+    per_view = logits.softmax(-1) if average == "prob" else logits
+    return per_view.view(b, v, -1).mean(1)  # (B, K)
+
+
+@torch.no_grad()
+def predict_dataset(
+    model: nn.Module,
+    loader: Iterable[dict[str, Any]],
+    accelerator: Accelerator,
+    *,
+    max_views: int = 12,
+    average: str = "prob",
+    desc: str = "eval",
+) -> VideoScores:
+    """Scores every video of a prepared loader; results gathered on every process.
+
+    Samples may be repeated by the distributed sampler's padding; they are
+    counted once by video index.
+    """
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[Tensor]] = {"index": [], "label": [], "scores": [], "valid": []}
+    bar = tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False)
+    for batch in bar:
+        videos = batch["video"]
+        if videos.ndim == 5:  # single view: (B, 3, T, H, W)
+            videos = videos.unsqueeze(1)
+        with accelerator.autocast():
+            scores = score_views(model, videos, max_views, average)
+        valid = torch.as_tensor(batch["valid"], device=scores.device).bool()
+        gathered = accelerator.gather_for_metrics(
+            (batch["index"].to(scores.device), batch["label"].to(scores.device), scores, valid)
+        )
+        for key, value in zip(parts, gathered):
+            parts[key].append(value.cpu())
+    model.train(was_training)
+    index = torch.cat(parts["index"]) if parts["index"] else torch.zeros(0, dtype=torch.long)
+    order = torch.argsort(index, stable=True)
+    index = index[order]
+    keep = torch.ones_like(index, dtype=torch.bool)
+    keep[1:] = index[1:] != index[:-1]  # dedupe by video index
+    pick = order[keep]
+    return VideoScores(
+        index=index[keep],
+        label=torch.cat(parts["label"])[pick],
+        scores=torch.cat(parts["scores"])[pick],
+        valid=torch.cat(parts["valid"])[pick],
+    )
+
+
+def metrics(result: VideoScores, num_classes: int) -> dict[str, float]:
+    """top-1, top-5 and mean class accuracy (in %) over the videos that could be decoded."""
+    ok = result.valid
+    scores, labels = result.scores[ok], result.label[ok]
+    if len(labels) == 0:
+        return {"top1": 0.0, "top5": 0.0, "mean_class_accuracy": 0.0}
+    k = min(5, scores.shape[1])
+    topk = scores.topk(k, dim=1).indices
+    top1 = (topk[:, 0] == labels).float().mean().item()
+    top5 = (topk == labels[:, None]).any(1).float().mean().item()
+    per_class = [(topk[labels == c, 0] == c).float().mean().item() for c in range(num_classes) if (labels == c).any()]
+    return {
+        "top1": 100.0 * top1,
+        "top5": 100.0 * top5,
+        "mean_class_accuracy": 100.0 * sum(per_class) / len(per_class),
+    }
+
+
+def write_report(
+    result: VideoScores,
+    out_dir: Path,
+    *,
+    classes: Sequence[str],
+    paths: Sequence[str],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Writes ``metrics.json``, ``predictions.csv`` and ``confusion_matrix.png``; returns the metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = [paths[i] for i, ok in zip(result.index.tolist(), result.valid.tolist()) if not ok]
+    summary = {
+        **metrics(result, len(classes)),
+        "num_videos": int(result.valid.sum()),
+        "num_failed": len(failed),
+        "failed": failed,
+        **extra,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    with open(out_dir / "predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "pred", "score", "top5"])
+        k = min(5, result.scores.shape[1])
+        for i, label, scores, ok in zip(result.index.tolist(), result.label.tolist(), result.scores, result.valid.tolist()):
+            if not ok:
+                writer.writerow([paths[i], classes[label], "", "", ""])
+                continue
+            top = scores.topk(k)
+            writer.writerow([paths[i], classes[label], classes[top.indices[0]], f"{top.values[0].item():.4f}",
+                             "|".join(classes[j] for j in top.indices.tolist())])
+    plot_confusion(result, classes, out_dir / "confusion_matrix.png")
+    return summary
+
+
+def plot_confusion(result: VideoScores, classes: Sequence[str], path: Path) -> None:
+    """Row-normalised heat map for up to 40 classes; the 20 most frequent confusions otherwise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    ok = result.valid
+    pred = result.scores[ok].argmax(1)
+    cm = torch.zeros(n, n)
+    cm.index_put_((result.label[ok], pred), torch.ones(len(pred)), accumulate=True)
+    if n <= 40:
+        norm = cm / cm.sum(1, keepdim=True).clamp(min=1)
+        fig, ax = plt.subplots(figsize=(max(5, 0.45 * n + 2), max(4, 0.45 * n + 1.5)))
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), classes, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    else:
+        off = cm.clone()
+        off.fill_diagonal_(0)
+        values, flat = off.flatten().topk(min(20, int((off > 0).sum()) or 1))
+        names = [f"{classes[i // n]} -> {classes[i % n]}" for i in flat.tolist()]
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+        ax.barh(range(len(names))[::-1], values.tolist())
+        ax.set_yticks(range(len(names))[::-1], names, fontsize=8)
+        ax.set_xlabel("videos")
+    ax.set_title("confusions (true -> predicted)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,313 @@
+"""The training loop, on accelerate's idioms, reading top to bottom.
+
+One ``prepare``; ``accumulate``/``backward``/``clip_grad_norm_`` per batch; the
+LR is a pure function of the optimizer step; resumable states are complete or
+absent (see ``state``), and a resumed run skips the consumed batches without
+decoding them and reaches the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from ..checkpoints import inflate_image_checkpoint, load_checkpoint, save_checkpoint
+from ..config import Config, parse_views, to_dict
+from ..data import BrokenVideoLog, build_video_dataset, ensure_demo_data, failed_paths
+from ..models import create_model
+from . import state as states
+from .evaluate import metrics, predict_dataset, write_report
+from .optim import build_optimizer, lr_factor, set_lr
+from .plots import plot_curves
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite losses, a broken distributed launch, ...)."""
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch): the same order in every process and after resume."""
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """An Accelerator whose processes form one group, also on machines without a GPU.
+
+    accelerate only joins CPU processes into a gloo group when built with
+    ``cpu=True``; without it, each process of a multi-process CPU launch would
+    silently train alone.
+    """
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        log_with="tensorboard",
+        project_dir=cfg.output_dir,
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise TrainingError(
+            f"launched {launched} processes but they formed a group of {accelerator.num_processes}; "
+            f"refusing to train them separately"
+        )
+    return accelerator
+
+
+def build_datasets(cfg: Config) -> tuple[Any, Any, Any]:
+    """Training set, single-view validation set and the multi-view test set."""
+    d = cfg.data
+    common = dict(clip_len=d.clip_len, frame_interval=d.frame_interval, crop_size=d.crop_size, decoder=d.decoder,
+                  seed=cfg.seed, classes=d.classes, pipeline=d.pipeline, max_bad_fraction=d.max_bad_fraction)
+    train = build_video_dataset(
+        d.train_annotations, d.root, mode="train", short_side=d.train_short_side, flip=d.flip, scale=tuple(d.crop_scale),
+        rand_augment=tuple(d.rand_augment) if d.rand_augment else None, random_erasing=d.random_erasing, **common,
+    )  # fmt: skip
+    common["classes"] = list(train.classes)
+    val = build_video_dataset(d.val_annotations, d.root, mode="val", short_side=d.train_short_side, **common)
+    clips, crops = parse_views(cfg.eval.views)
+    test = build_video_dataset(d.val_annotations, d.root, mode="test", num_clips=clips, num_crops=crops,
+                               short_side=d.test_short_side, **common)
+    return train, val, test
+
+
+def build_model(cfg: Config, num_classes: int, accelerator: Accelerator) -> torch.nn.Module:
+    """The model of ``cfg.model``, with pretrained weights inflated or loaded as configured."""
+    m = cfg.model
+    overrides = {k: getattr(m, k) for k in ("window_size", "embed_dim", "depths", "num_heads") if getattr(m, k)}
+    model = create_model(m.name, num_classes=num_classes, drop_path_rate=m.drop_path_rate,
+                         head_dropout=m.head_dropout, use_checkpoint=m.use_checkpoint, **overrides)
+    if m.pretrained_image:
+        report = inflate_image_checkpoint(model, m.pretrained_image, temporal_init=m.temporal_init)
+        accelerator.print(f"inflated {m.pretrained_image}\n{report}")
+    if m.pretrained_video:
+        report = load_checkpoint(model, m.pretrained_video)
+        accelerator.print(f"loaded {m.pretrained_video}\n{report}")
+    return model
+
+
+def _loader(ds: Any, batch_size: int, cfg: Config, *, train: bool) -> DataLoader:
+    kwargs: dict[str, Any] = dict(batch_size=batch_size, num_workers=cfg.data.num_workers,
+                                  pin_memory=torch.cuda.is_available(), drop_last=train)
+    # Iterator seeds come from this generator, not the global RNG, so that
+    # creating a loader mid-run (resume) leaves the model's RNG stream alone.
+    kwargs["generator"] = torch.Generator().manual_seed(cfg.seed)
+    if train and hasattr(ds, "__getitem__"):
+        kwargs["sampler"] = EpochSampler(len(ds), cfg.seed)
+    return DataLoader(ds, **kwargs)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` of the run: one JSON object per logged step and per evaluation."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drops lines a crashed run logged after the state it resumes from."""
+        if self.enabled and self.path.is_file():
+            rows = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+            self.path.write_text("".join(r + "\n" for r in rows))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Trains ``cfg`` and runs the final evaluation; returns the final metrics."""
+    out = Path(cfg.output_dir)
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    accelerator.print(f"world size: {accelerator.num_processes} ({accelerator.device}, "
+                      f"mixed precision {cfg.train.mixed_precision})")
+    torch.manual_seed(cfg.seed)
+
+    # -- data ------------------------------------------------------------------
+    if cfg.data.generate_demo and main:
+        ensure_demo_data(cfg.data.root, seed=cfg.seed)
+    accelerator.wait_for_everyone()
+    train_ds, val_ds, test_ds = build_datasets(cfg)
+    classes = list(train_ds.classes)
+    num_classes = cfg.model.num_classes or len(classes)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        resolved = {**to_dict(cfg), "world_size": accelerator.num_processes, "classes_found": len(classes)}
+        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        (out / "classes.txt").write_text("".join(c + "\n" for c in classes))
+
+    # -- model, optimizer, loaders: one prepare ------------------------------------
+    model = build_model(cfg, num_classes, accelerator)
+    o = cfg.optim
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.backbone_lr_mult, tuple(o.betas), o.eps)
+    train_loader = _loader(train_ds, cfg.train.batch_size, cfg, train=True)
+    val_loader = _loader(val_ds, cfg.eval.batch_size, cfg, train=False)
+    test_loader = _loader(test_ds, cfg.eval.batch_size, cfg, train=False)
+    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, test_loader
+    )
+    accum = cfg.train.grad_accum_steps
+    steps_per_epoch = max(1, len(train_loader) // accum)
+    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup_steps = round(cfg.sched.warmup_epochs * steps_per_epoch)
+    min_factor = cfg.sched.min_lr / o.lr
+
+    # -- resume ------------------------------------------------------------------
+    counters = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "nonfinite_steps": 0}
+    metrics_log = MetricsLog(out / "metrics.jsonl", main)
+    ckpt_dir = out / "checkpoints"
+    if resume:
+        folder = states.latest_state(ckpt_dir)
+        if folder is None:
+            accelerator.print(f"--resume: no complete state in {ckpt_dir}; starting from scratch")
+        else:
+            counters = states.load_state(accelerator, folder)
+            metrics_log.truncate_after(counters["step"])
+            accelerator.print(f"resumed from {folder} at step {counters['step']}")
+    elif main and (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    if main:
+        accelerator.init_trackers("tensorboard", config=_flat(to_dict(cfg)))
+
+    # -- loop --------------------------------------------------------------------
+    broken = BrokenVideoLog(len(train_ds), cfg.data.max_bad_fraction)
+    bar = tqdm(total=total_steps, initial=counters["step"], desc="train", disable=not main, dynamic_ncols=True)
+    step_loss, consecutive_bad, bad_cycle = 0.0, 0, False
+    t_last, clips_since = time.perf_counter(), 0
+    model.train()
+    for epoch in range(counters["epoch"], num_epochs):
+        if counters["step"] >= total_steps:
+            break
+        train_ds.set_epoch(epoch)
+        loader = train_loader
+        if counters["batches_in_epoch"]:
+            loader = accelerator.skip_first_batches(train_loader, counters["batches_in_epoch"])
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for batch in loader:
+            broken.add(failed_paths(batch))
+            with accelerator.accumulate(model):
+                logits = model(batch["video"])
+                loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=cfg.train.label_smoothing)
+                losses = accelerator.gather(loss.detach()[None])  # (world,)
+                if torch.isfinite(losses).all():
+                    accelerator.backward(loss)
+                    step_loss += losses.mean().item() / accum
+                else:
+                    bad_cycle = True
+                if accelerator.sync_gradients:
+                    if bad_cycle:
+                        optimizer.zero_grad(set_to_none=True)
+                    elif cfg.train.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                    set_lr(optimizer, lr_factor(counters["step"], total_steps, warmup_steps, min_factor))
+                    if not bad_cycle:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            counters["batches_in_epoch"] += 1
+            clips_since += batch["video"].shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            # -- one optimizer step done (or skipped) --------------------------------
+            counters["step"] += 1
+            step = counters["step"]
+            if bad_cycle:
+                counters["nonfinite_steps"] += 1
+                consecutive_bad += 1
+                accelerator.print(f"step {step}: non-finite loss, step skipped ({consecutive_bad} in a row)")
+                if consecutive_bad >= cfg.train.max_nonfinite_steps:
+                    raise TrainingError(
+                        f"{consecutive_bad} optimizer steps in a row had a non-finite loss; stopping "
+                        f"(try a lower optim.lr, train.mixed_precision=no or train.max_grad_norm)"
+                    )
+            else:
+                consecutive_bad = 0
+            lr = optimizer.param_groups[-1]["lr"]
+            if step % cfg.train.log_every_steps == 0 or step == total_steps:
+                now = time.perf_counter()
+                row = {"step": step, "epoch": epoch, "loss": step_loss, "lr": lr,
+                       "clips_per_s": clips_since / max(now - t_last, 1e-9),
+                       "nonfinite_steps": counters["nonfinite_steps"]}
+                metrics_log.write(row)
+                accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=step)
+                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", clips_s=f"{row['clips_per_s']:.1f}")
+                t_last, clips_since = now, 0
+            bar.update(1)
+            step_loss, bad_cycle = 0.0, False
+            if step % cfg.train.save_every_steps == 0 or step == total_steps:
+                states.save_state(accelerator, ckpt_dir, counters, cfg.train.keep_last)
+            if step >= total_steps:
+                break
+        else:
+            counters["epoch"], counters["batches_in_epoch"] = epoch + 1, 0
+        broken.end_epoch(epoch)
+        if cfg.eval.every_epochs and ((epoch + 1) % cfg.eval.every_epochs == 0 or counters["step"] >= total_steps):
+            result = predict_dataset(model, val_loader, accelerator, max_views=cfg.eval.max_views_per_forward,
+                                     average=cfg.eval.average, desc="val")
+            val = metrics(result, num_classes)
+            metrics_log.write({"step": counters["step"], "epoch": epoch, **{f"val_{k}": v for k, v in val.items()}})
+            accelerator.log({f"val/{k}": v for k, v in val.items()}, step=counters["step"])
+            accelerator.print(f"epoch {epoch}: val top-1 {val['top1']:.1f}% (1 view)")
+    bar.close()
+
+    # -- final weights and evaluation ----------------------------------------------
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if main:
+        save_checkpoint(unwrapped, out / "model.safetensors", classes=classes, step=counters["step"])
+    summary: dict[str, Any] = {}
+    if cfg.eval.final:
+        result = predict_dataset(model, test_loader, accelerator, max_views=cfg.eval.max_views_per_forward,
+                                 average=cfg.eval.average, desc=f"eval {cfg.eval.views}")
+        if main:
+            paths = [r.path for r in test_ds.records]
+            summary = write_report(result, out / "eval", classes=classes, paths=paths,
+                                   extra={"views": cfg.eval.views, "num_processes": accelerator.num_processes,
+                                          "checkpoint": str(out / "model.safetensors"),
+                                          "config": str(out / "config.yaml")})
+            metrics_log.write({"step": counters["step"], "epoch": num_epochs - 1,
+                               **{f"test_{k}": summary[k] for k in ("top1", "top5", "mean_class_accuracy")}})
+            accelerator.print(f"final {cfg.eval.views} evaluation: top-1 {summary['top1']:.1f}%, "
+                              f"top-5 {summary['top5']:.1f}%, mean class {summary['mean_class_accuracy']:.1f}% "
+                              f"over {summary['num_videos']} videos ({summary['num_failed']} failed)")
+    if main:
+        plot_curves(out / "metrics.jsonl", out / "curves.png")
+    accelerator.end_training()
+    return summary
