@@ -132,6 +132,22 @@ def _render(rng: np.random.Generator, motion: str, backward: bool) -> tuple[np.n
     return frames, fps
 
 
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """RGB ``(H, W, 3)`` uint8 -> planar yuv420p ``(H * 3 / 2, W)`` uint8 (BT.601, limited range).
+
+    Done in numpy because FFmpeg's converter, as PyAV calls it, gave slightly
+    different output from run to run, and demo files must be identical for a seed.
+    """
+    rgb = frame.astype(np.float32)
+    y = 16 + rgb @ np.array([65.481, 128.553, 24.966], np.float32) / 255
+    h, w = frame.shape[:2]
+    pooled = rgb.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))  # (H/2, W/2, 3)
+    u = 128 + pooled @ np.array([-37.797, -74.203, 112.0], np.float32) / 255
+    v = 128 + pooled @ np.array([112.0, -93.786, -18.214], np.float32) / 255
+    planes = np.concatenate([y.ravel(), u.ravel(), v.ravel()])
+    return np.clip(np.rint(planes), 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18, gop: int | None = None) -> None:
     """Writes ``frames`` (N, H, W, 3) uint8 (even H and W) as H.264/yuv420p mp4 with PyAV."""
     import av  # noqa: PLC0415
@@ -140,11 +156,11 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18, g
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "g": str(gop or fps), "threads": "1"}
+        # One thread and no macroblock tree: x264's mbtree made the output differ from
+        # run to run here, and a seed must always give the same files.
+        stream.options = {"crf": str(crf), "g": str(gop or fps), "threads": "1", "x264-params": "mbtree=0"}
         for frame in frames:
-            # Convert to yuv420p here: the conversion PyAV does inside encode() is not
-            # reproducible run to run, and the files must be identical for a seed.
-            yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+            yuv = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
             container.mux(stream.encode(yuv))
         container.mux(stream.encode())
 
