@@ -5,28 +5,20 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
 from video_swin.data import IMAGENET_MEAN, IMAGENET_STD
+from video_swin.data.demo import write_video
 
 GRAY_STEP = 4  # frame i of an "index video" is uniformly gray at GRAY_STEP * i + 2
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int | Fraction = 25, gop: int = 12, crf: int = 0,
               faststart: bool = False) -> Path:
-    """Writes (N, H, W, 3) uint8 frames as H.264 (B-frames on, x264 defaults) in an mp4."""
+    """Writes (N, H, W, 3) uint8 frames as H.264 with B-frames, reproducibly; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "g": str(gop), "threads": "1"}
-        for frame in frames:  # explicit yuv420p: PyAV's implicit conversion is not reproducible
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")))
-        container.mux(stream.encode())
+    write_video(path, frames, fps, crf=crf, gop=gop, faststart=faststart)
     return path
 
 

@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -148,17 +149,36 @@ def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(planes), 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int, crf: int = 18, gop: int | None = None) -> None:
-    """Writes ``frames`` (N, H, W, 3) uint8 (even H and W) as H.264/yuv420p mp4 with PyAV."""
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: int | Fraction,
+    crf: int = 18,
+    gop: int | None = None,
+    faststart: bool = False,
+) -> None:
+    """Writes frames as H.264/yuv420p mp4 with PyAV, reproducibly (same frames, same bytes).
+
+    Args:
+        path: Output file.
+        frames: ``(N, H, W, 3)`` uint8 RGB, H and W even.
+        fps: Frame rate.
+        crf: x264 constant rate factor (0 = lossless).
+        gop: Keyframe interval (default: one second).
+        faststart: Put the index (moov atom) before the frames.
+    """
     import av  # noqa: PLC0415
 
-    with av.open(str(path), "w") as container:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         # One thread and no macroblock tree: x264's mbtree made the output differ from
         # run to run here, and a seed must always give the same files.
-        stream.options = {"crf": str(crf), "g": str(gop or fps), "threads": "1", "x264-params": "mbtree=0"}
+        stream.options = {
+            "crf": str(crf), "g": str(gop or round(fps)), "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0",
+        }  # fmt: skip
         for frame in frames:
             yuv = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
             container.mux(stream.encode(yuv))
