@@ -23,7 +23,8 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from ..checkpoints import inflate_image_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoints import inflate_image_checkpoint, load_checkpoint, read_state_dict, save_checkpoint
+from ..checkpoints.formats import to_canonical
 from ..config import Config, parse_views, to_dict
 from ..data import BrokenVideoLog, build_video_dataset, ensure_demo_data, failed_paths
 from ..models import create_model
@@ -103,8 +104,13 @@ def build_model(cfg: Config, num_classes: int, accelerator: Accelerator) -> torc
     model = create_model(m.name, num_classes=num_classes, drop_path_rate=m.drop_path_rate,
                          head_dropout=m.head_dropout, use_checkpoint=m.use_checkpoint, **overrides)
     if m.pretrained_image:
-        report = inflate_image_checkpoint(model, m.pretrained_image, temporal_init=m.temporal_init)
-        accelerator.print(f"inflated {m.pretrained_image}\n{report}")
+        state, _, _ = to_canonical(read_state_dict(m.pretrained_image))
+        patch = state.get("patch_embed.proj.weight")
+        if patch is not None and patch.ndim == 5:  # already inflated (scripts/inflate.py output)
+            report = load_checkpoint(model, m.pretrained_image, keep_head=False)
+        else:
+            report = inflate_image_checkpoint(model, m.pretrained_image, temporal_init=m.temporal_init)
+        accelerator.print(f"initialised from {m.pretrained_image}\n{report}")
     if m.pretrained_video:
         report = load_checkpoint(model, m.pretrained_video)
         accelerator.print(f"loaded {m.pretrained_video}\n{report}")
