@@ -93,3 +93,20 @@ def test_importing_the_package_loads_no_decoder():
     code = "import sys, video_swin.data; print(sorted(m for m in ('decord', 'av', 'pytorchvideo') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+@pytest.mark.parametrize("decoder", DECODERS[:2], ids=IDS[:2])
+def test_memory_stays_flat_over_many_videos(decoder, tmp_path):
+    path = write_mp4(tmp_path / "m.mp4", textured_frames(30, height=96, width=128), gop=10, crf=23)
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    for _ in range(20):
+        decoder.get_frames(path, [0, 15, 29])
+    before = rss()
+    for _ in range(150):
+        decoder.get_frames(path, [0, 15, 29])
+    assert rss() - before < 16 * 2**20

@@ -50,7 +50,8 @@ def test_normalize_layout_and_values():
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"flip": True}, {"rand_augment": (2, 9)}, {"random_erasing": 1.0}, {"rand_augment": (4, 7), "random_erasing": 1.0}],
+    [{}, {"flip": True}, {"rand_augment": (2, 9)}, {"random_erasing": 1.0},
+     {"rand_augment": (4, 7), "random_erasing": 1.0}],
     ids=["crop", "flip", "randaugment", "erasing", "all"],
 )
 def test_training_views_are_identical_across_frames_of_a_static_clip(options):
@@ -105,6 +106,13 @@ def test_eval_crop_is_the_centre_of_the_resized_frame(mode, short_side, box):
     out = transform(clips)
     assert out.shape == (1, 3, 3, 32, 32)
     assert torch.equal(out, transform(clips))
+
+
+def test_centre_crop_at_native_scale_takes_the_exact_pixels():
+    clips = _frames(3, 64, 80)[None]  # short side already 64: no resampling
+    out = ClipTransform("val", 56, 64)(clips)
+    expected = normalize(clips[0, :, 4:60, 12:68].permute(0, 3, 1, 2)[None], IMAGENET_MEAN, IMAGENET_STD)
+    assert torch.equal(out, expected)
 
 
 def test_invalid_configurations():

@@ -63,6 +63,8 @@ class VideoDataset(Dataset):
         random_erasing: Probability of random erasing in training.
         mean: Normalisation mean (0-255 scale).
         std: Normalisation std (0-255 scale).
+        antialias: Antialiased resizing; off by default, like the OpenCV bilinear
+            resize of the official pipeline.
         classes: Class names (or a file with one per line); default: those the
             annotations define. Pass the training set's ``classes`` to evaluation
             sets: a label they do not contain is an error naming it.
@@ -92,6 +94,7 @@ class VideoDataset(Dataset):
         random_erasing: float = 0.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        antialias: bool = False,
         classes: Sequence[str] | str | Path | None = None,
         max_bad_fraction: float = 0.05,
         max_attempts: int = 10,
@@ -116,7 +119,7 @@ class VideoDataset(Dataset):
             short_side = crop_size if mode == "test" else round(crop_size * 8 / 7)
         self.transform = ClipTransform(
             mode, crop_size, short_side, num_crops=num_crops, flip=flip, scale=scale, ratio=ratio,
-            rand_augment=rand_augment, random_erasing=random_erasing, mean=mean, std=std,
+            rand_augment=rand_augment, random_erasing=random_erasing, mean=mean, std=std, antialias=antialias,
         )  # fmt: skip
         self._bad: dict[str, str] = {}
 

@@ -25,6 +25,7 @@ from types import ModuleType
 
 import numpy as np
 import torch
+import torch.utils.dlpack
 
 logger = logging.getLogger(__name__)
 
@@ -150,14 +151,14 @@ class DecordDecoder(Decoder):
             _check_indices(path, indices, num_frames)
             unique, inverse = np.unique(indices, return_inverse=True)
             try:
-                batch = reader.get_batch(unique.tolist()).asnumpy()  # (U, H, W, 3)
+                batch = reader.get_batch(unique.tolist())
             except Exception as exc:
                 raise DecodeError(path, f"decord failed to decode: {_first_line(exc)}") from exc
         finally:
             del reader  # releases the demuxer and decoder now, not at some later GC
-        if batch.shape[0] != unique.size or batch.ndim != 4 or batch.shape[-1] != 3:
-            raise DecodeError(path, f"decord returned frames of shape {batch.shape} for {unique.size} indices")
-        frames = torch.from_numpy(batch)
+        frames = torch.utils.dlpack.from_dlpack(batch.to_dlpack())  # (U, H, W, 3), no copy
+        if frames.ndim != 4 or frames.shape[0] != unique.size or frames.shape[-1] != 3:
+            raise DecodeError(path, f"decord returned frames of shape {tuple(frames.shape)} for {unique.size} indices")
         if unique.size != indices.size or not np.array_equal(unique, indices):
             frames = frames[torch.from_numpy(inverse.reshape(-1))]  # (len(indices), H, W, 3)
         return frames, indices

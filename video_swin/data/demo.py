@@ -176,9 +176,8 @@ def write_video(
         stream.pix_fmt = "yuv420p"
         # One thread and no macroblock tree: x264's mbtree made the output differ from
         # run to run here, and a seed must always give the same files.
-        stream.options = {
-            "crf": str(crf), "g": str(gop or round(fps)), "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0",
-        }  # fmt: skip
+        stream.options = {"crf": str(crf), "g": str(gop or round(fps)), "preset": "veryfast",
+                          "threads": "1", "x264-params": "mbtree=0"}  # fmt: skip
         for frame in frames:
             yuv = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
             container.mux(stream.encode(yuv))

@@ -51,7 +51,7 @@ class PytorchvideoDataset(IterableDataset):
         fps: Frame rate assumed to turn the clip span into seconds.
         shuffle: Shuffle the video order (default: in training only).
         **transform_kwargs: ``short_side``, ``flip``, ``scale``, ``ratio``,
-            ``rand_augment``, ``random_erasing``, ``mean``, ``std`` as for ``VideoDataset``.
+            ``rand_augment``, ``random_erasing``, ``mean``, ``std``, ``antialias`` as for ``VideoDataset``.
     """
 
     def __init__(
@@ -78,6 +78,7 @@ class PytorchvideoDataset(IterableDataset):
         random_erasing: float = 0.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        antialias: bool = False,
     ) -> None:
         from pytorchvideo.data import LabeledVideoDataset, make_clip_sampler  # noqa: PLC0415
 
@@ -93,7 +94,7 @@ class PytorchvideoDataset(IterableDataset):
             short_side = crop_size if mode == "test" else round(crop_size * 8 / 7)
         self.transform = ClipTransform(
             mode, crop_size, short_side, num_crops=num_crops, flip=flip, scale=scale, ratio=ratio,
-            rand_augment=rand_augment, random_erasing=random_erasing, mean=mean, std=std,
+            rand_augment=rand_augment, random_erasing=random_erasing, mean=mean, std=std, antialias=antialias,
         )  # fmt: skip
         duration = Fraction(clip_len * frame_interval) / Fraction(fps).limit_denominator(1001)
         if mode == "train":

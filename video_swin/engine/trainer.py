@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
 from ..checkpoints import inflate_image_checkpoint, load_checkpoint, read_state_dict, save_checkpoint
@@ -123,7 +123,7 @@ def _loader(ds: Any, batch_size: int, cfg: Config, *, train: bool) -> DataLoader
     # Iterator seeds come from this generator, not the global RNG, so that
     # creating a loader mid-run (resume) leaves the model's RNG stream alone.
     kwargs["generator"] = torch.Generator().manual_seed(cfg.seed)
-    if train and hasattr(ds, "__getitem__"):
+    if train and not isinstance(ds, IterableDataset):
         kwargs["sampler"] = EpochSampler(len(ds), cfg.seed)
     return DataLoader(ds, **kwargs)
 
