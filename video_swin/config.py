@@ -39,6 +39,11 @@ class ModelConfig:
     depths: list[int] | None = None
     num_heads: list[int] | None = None
     use_checkpoint: bool = False
+    # Swin V2 options, one at a time on any preset (None: the preset's own choice)
+    attention: str | None = None  # dot | cosine
+    position_bias: str | None = None  # table | cpb
+    norm: str | None = None  # pre | post
+    pretrained_window_size: list[int] | None = None  # cpb: the window the loaded weights were trained with
 
 
 @dataclass
@@ -115,11 +120,11 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def parse_views(views: str) -> tuple[int, int]:
-    """``"4x3"`` -> (4 clips, 3 crops)."""
+def parse_views(views: str, key: str = "eval.views") -> tuple[int, int]:
+    """``"4x3"`` -> (4 clips, 3 crops); a ConfigError naming ``key`` otherwise."""
     m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(views))
     if not m or int(m.group(1)) < 1 or int(m.group(2)) not in (1, 3):
-        raise ConfigError(f"eval.views: expected CLIPSxCROPS such as '4x3' (crops 1 or 3), got {views!r}")
+        raise ConfigError(f"{key}: expected CLIPSxCROPS such as '4x3' (crops 1 or 3), got {views!r}")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -182,6 +187,9 @@ def validate(cfg: Config) -> None:
         "train.mixed_precision": (cfg.train.mixed_precision, ("no", "fp16", "bf16")),
         "eval.average": (cfg.eval.average, ("prob", "logit")),
         "model.temporal_init": (cfg.model.temporal_init, ("average", "center")),
+        "model.attention": (cfg.model.attention, (None, "dot", "cosine")),
+        "model.position_bias": (cfg.model.position_bias, (None, "table", "cpb")),
+        "model.norm": (cfg.model.norm, (None, "pre", "post")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -262,21 +270,34 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     return cfg
 
 
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """A config from plain data (e.g. the ``config`` a checkpoint's sidecar holds), checked like a file."""
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
 def to_dict(cfg: Config) -> dict[str, Any]:
     """The resolved config as plain data (what ``config.yaml`` in a run folder holds)."""
     return dataclasses.asdict(cfg)
 
 
-def check_paths(cfg: Config) -> None:
+def check_paths(cfg: Config, *, evaluation: bool = False) -> None:
     """Raises ConfigError naming the first input file that does not exist.
 
     Annotation files are not required when ``data.generate_demo`` will write them.
+    With ``evaluation``, only what evaluating a checkpoint reads is checked
+    (the validation annotations and the class file; no pretrained weights).
     """
-    files = {"model.pretrained_image": cfg.model.pretrained_image, "model.pretrained_video": cfg.model.pretrained_video,
-             "data.classes": cfg.data.classes}
-    if not cfg.data.generate_demo:
-        files.update({"data.train_annotations": cfg.data.train_annotations,
-                      "data.val_annotations": cfg.data.val_annotations})
+    files = {"data.classes": cfg.data.classes}
+    if evaluation:
+        files["data.val_annotations"] = cfg.data.val_annotations
+    else:
+        files.update({"model.pretrained_image": cfg.model.pretrained_image,
+                      "model.pretrained_video": cfg.model.pretrained_video})
+        if not cfg.data.generate_demo:
+            files.update({"data.train_annotations": cfg.data.train_annotations,
+                          "data.val_annotations": cfg.data.val_annotations})
     for key, value in files.items():
         if value is not None and not Path(value).exists():
             raise ConfigError(f"{key}: file not found: {value}")

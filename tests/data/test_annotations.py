@@ -135,3 +135,10 @@ def test_scan_is_cached_per_root(tmp_path):
     _touch(tmp_path / "b.mp4")
     assert scan_videos(tmp_path) is first
     assert "b" in scan_videos(tmp_path, refresh=True).by_stem
+
+
+def test_a_list_of_files_gives_unlabelled_records_in_order(tmp_path):
+    files = [tmp_path / "b.mp4", str(tmp_path / "a clip.webm"), tmp_path / "missing.mp4"]
+    parsed = read_annotations(files)
+    assert [r.path for r in parsed.records] == [str(f) for f in files]  # taken as given, not looked for
+    assert all(r.label is None for r in parsed.records) and parsed.classes == [] and parsed.missing == []

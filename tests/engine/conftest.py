@@ -4,8 +4,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from video_swin.data import make_demo_data
+from video_swin.checkpoints import save_checkpoint
+from video_swin.config import load_config, to_dict
+from video_swin.data import class_names, make_demo_data
 
 REPO = Path(__file__).resolve().parents[2]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
@@ -17,6 +20,35 @@ def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo") / "data"
     make_demo_data(root, seed=0, train_per_class=2, val_per_class=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_data, tmp_path_factory):
+    """A tiny model whose head is fitted to the val videos' single-view features, saved as a run would save it.
+
+    So it names the class of every val video at 1x1 views, without training.
+    Returns ``(path of model.safetensors, the config overrides it was built with)``.
+    """
+    from video_swin.engine.build import build_test_dataset, model_from_config
+
+    out = tmp_path_factory.mktemp("tiny_ckpt")
+    sets = tiny_overrides(tiny_data, out)
+    cfg = load_config("demo.yaml", sets)
+    classes = class_names(cfg.data.train_annotations)
+    torch.manual_seed(0)
+    model = model_from_config(cfg, len(classes)).eval()
+    val = build_test_dataset(cfg, classes, "1x1")
+    with torch.no_grad():
+        feats = torch.cat([model.forward_head(model.forward_features(val[i]["video"]), pre_logits=True)
+                           for i in range(len(val))]).double()  # (N, C)
+    x = torch.cat([feats, torch.ones(len(feats), 1, dtype=torch.float64)], 1)  # (N, C + 1)
+    target = 8.0 * torch.nn.functional.one_hot(torch.tensor(val.labels), len(classes)).double()  # (N, K)
+    w = torch.linalg.pinv(x) @ target  # (C + 1, K): exact, N <= C + 1 features in general position
+    with torch.no_grad():
+        model.head.weight.copy_(w[:-1].T)
+        model.head.bias.copy_(w[-1])
+    path = save_checkpoint(model, out / "model.safetensors", classes=classes, step=0, config=to_dict(cfg))
+    return path, sets
 
 
 def tiny_overrides(root, out, **extra):

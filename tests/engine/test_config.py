@@ -85,3 +85,16 @@ def test_script_help():
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--help"], capture_output=True,
                             text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0 and "--config" in result.stdout and "--resume" in result.stdout
+
+
+def test_v2_options_reach_the_model():
+    from video_swin.engine.build import model_from_config
+
+    cfg = load_config("demo.yaml", ["model.attention=cosine", "model.position_bias=cpb",
+                                    "model.pretrained_window_size=[2,4,4]"])
+    attn = model_from_config(cfg, 10).layers[0].blocks[0].attn
+    assert hasattr(attn, "logit_scale") and hasattr(attn, "cpb_mlp")
+    plain = model_from_config(load_config("demo.yaml"), 10).layers[0].blocks[0].attn
+    assert not hasattr(plain, "logit_scale") and not hasattr(plain, "cpb_mlp")
+    with pytest.raises(ConfigError, match="model.norm"):
+        load_config("demo.yaml", ["model.norm=middle"])

@@ -14,8 +14,11 @@ layout                    how it is recognised / what changes
 ``torchvision``           ``features.0.{0,2}`` = patch embed, then blocks/merging alternate
 ========================  ===========================================================
 
-Saved buffers (``relative_position_index``, ``attn_mask``, ``relative_coords_table``)
-are dropped: the model derives them.
+Saved buffers (``relative_position_index``, ``attn_mask``, ``relative_coords_table``,
+and the zero key bias ``k_bias`` some Swin V2 ports keep) are dropped: the
+model derives them. Swin V2 files (official and timm) use the same layouts
+with V2 names inside the blocks (``attn.logit_scale``, ``attn.q_bias``,
+``attn.v_bias``, ``attn.cpb_mlp.{0,2}``); :func:`variant_of` tells V1 from V2.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torch import Tensor
 
 from .io import StateDict
 
-_BUFFERS = ("relative_position_index", "attn_mask", "relative_coords_table")
+_BUFFERS = ("relative_position_index", "attn_mask", "relative_coords_table", "k_bias")
 
 
 def _is_buffer(key: str) -> bool:
@@ -142,6 +145,33 @@ def describe(state: StateDict) -> str:
     return f"no Swin checkpoint (first keys: {keys[:5]})"
 
 
+def variant_of(state: StateDict) -> dict[str, str]:
+    """The Swin options a state dict (our names) was built with, as far as its names and shapes tell.
+
+    Returns:
+        A subset of ``{"attention": "dot" | "cosine", "position_bias": "table" | "cpb",
+        "norm": "pre" | "post"}``; the norm placement is read from a patch
+        merging (LayerNorm over 4C before the reduction, or over 2C after it).
+    """
+    keys = list(state)
+    out = {}
+    if any(k.endswith(".attn.logit_scale") for k in keys):
+        out["attention"] = "cosine"
+    elif any(k.endswith(".attn.qkv.weight") for k in keys):
+        out["attention"] = "dot"
+    if any(".attn.cpb_mlp." in k for k in keys):
+        out["position_bias"] = "cpb"
+    elif any(k.endswith(".attn.relative_position_bias_table") for k in keys):
+        out["position_bias"] = "table"
+    for key in keys:
+        m = re.fullmatch(r"(layers\.\d+\.downsample\.)norm\.weight", key)
+        reduction = state.get(f"{m.group(1)}reduction.weight") if m else None
+        if reduction is not None:
+            out["norm"] = "post" if state[key].shape[0] == reduction.shape[0] else "pre"
+            break
+    return out
+
+
 def infer_window(rows: int, like: tuple[int, ...]) -> tuple[int, ...] | None:
     """The window whose bias table has ``rows`` rows, preferring one close to ``like``.
 
@@ -197,4 +227,5 @@ __all__ = [
     "repeat_over_time",
     "resize_bias_table",
     "to_canonical",
+    "variant_of",
 ]

@@ -1,8 +1,8 @@
 """Inflating image (2D) Swin weights into a video (3D) Swin.
 
-Only two kinds of tensors differ between an image Swin and its video
-counterpart; everything else (qkv, proj, MLPs, norms, patch merging) keeps
-its shape and is copied as is:
+Only three kinds of tensors differ between an image Swin (V1 or V2) and its
+video counterpart; everything else (qkv and its V2 q/v biases, logit scales,
+proj, MLPs, norms, patch merging) keeps its shape and is copied as is:
 
 * ``patch_embed.proj.weight``, Tensor[C, Cin, ph, pw] -> Tensor[C, Cin, pt, ph, pw]:
   ``"average"`` repeats the kernel over the patch's ``pt`` frames and divides
@@ -13,6 +13,11 @@ its shape and is copied as is:
   window M differs from the video window's spatial part M' (e.g. a
   window-12 Swin-B from 384 px into window 7), then repeated over the
   2P-1 temporal offsets, so attention never prefers one frame over another.
+* ``*.cpb_mlp.0.weight`` (Swin V2), Tensor[512, 2] -> Tensor[512, 3]: the
+  continuous-bias MLP's first layer gains a zero-initialised input for the
+  time coordinate (column 0: coordinates are ordered (t, h, w)), so the bias
+  starts equal at every time offset. No resizing: the bias is a function of
+  the offset, for any window.
 
 Together these pin the invariant the tests check: an inflated model run on
 a static clip gives, at every output time step, the image model's features.
@@ -25,16 +30,18 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .formats import describe, infer_window, repeat_over_time, resize_bias_table, to_canonical
 from .io import CheckpointError, StateDict, read_state_dict
-from .loading import LoadReport, assign, check_finite
+from .loading import LoadReport, assign, check_finite, check_variant
 
 log = logging.getLogger(__name__)
 TEMPORAL_INITS = ("average", "center")
 _PATCH = "patch_embed.proj.weight"
 _TABLE = "relative_position_bias_table"
+_CPB_IN = "cpb_mlp.0.weight"
 
 
 def inflate_patch_kernel(weight: Tensor, frames: int, temporal_init: str = "average") -> Tensor:
@@ -71,6 +78,18 @@ def inflate_bias_table(table: Tensor, source_window: tuple[int, int], window: tu
     """
     spatial = resize_bias_table(table, tuple(source_window), tuple(window[1:]))  # ((2M'-1)^2, nH)
     return repeat_over_time(spatial, window[0])  # ((2P-1)(2M'-1)^2, nH)
+
+
+def inflate_cpb_input(weight: Tensor) -> Tensor:
+    """Gives a Swin V2 position-bias MLP's first layer a zero-initialised time input.
+
+    Args:
+        weight: Tensor[hidden, 2], inputs (h, w).
+
+    Returns:
+        Tensor[hidden, 3], inputs (t, h, w) with the t column zero; a new tensor.
+    """
+    return torch.cat([weight.new_zeros(weight.shape[0], 1), weight], dim=1)  # (hidden, 3)
 
 
 def inflate_state_dict(
@@ -110,6 +129,9 @@ def inflate_state_dict(
                 raise CheckpointError(f"{name}: {value.shape[0]} rows is no (2M-1)^2 table of a square image window")
             out[name] = inflate_bias_table(value, source, window)
             notes[name] = f"2D window {source} -> {window}"
+        elif name.endswith(_CPB_IN) and value.ndim == 2 and value.shape[1] == 2 and target.shape == (value.shape[0], 3):
+            out[name] = inflate_cpb_input(value)
+            notes[name] = "(h, w) inputs -> (t, h, w), zero time column"
         else:
             out[name] = value
     return out, notes
@@ -124,10 +146,11 @@ def inflate_image_checkpoint(
 ) -> LoadReport:
     """Loads image Swin weights into a video Swin, inflating them over time.
 
-    Reads official Microsoft Swin files (``{"model": ...}``, saved index and
-    mask buffers dropped), timm's and torchvision's 2D layouts, detected from
-    the names. The patch embedding and the bias tables are inflated (see the
-    module docstring); everything else is copied.
+    Reads official Microsoft Swin V1 and V2 files (``{"model": ...}``, saved
+    index, coordinate and mask buffers dropped), timm's and torchvision's 2D
+    layouts, detected from the names. The patch embedding, V1 bias tables and
+    V2 position-bias MLP inputs are inflated (see the module docstring);
+    everything else is copied.
 
     Args:
         model3d: a video :class:`~video_swin.models.SwinTransformer` (``ndim == 3``).
@@ -142,8 +165,9 @@ def inflate_image_checkpoint(
 
     Raises:
         CheckpointError: ``model3d`` is no video model, ``source`` is already
-            a video checkpoint (use ``load_checkpoint``), is no Swin at all, or
-            does not fit the model's architecture.
+            a video checkpoint (use ``load_checkpoint``), is no Swin at all, is
+            Swin V1 for a V2 model (or the reverse), or does not fit the
+            model's architecture.
         ValueError: an unknown ``temporal_init``.
     """
     if temporal_init not in TEMPORAL_INITS:
@@ -165,6 +189,7 @@ def inflate_image_checkpoint(
     if patch is None or patch.ndim != 4:
         raise CheckpointError(f"{where}: cannot inflate it into a video Swin: it looks like {describe(raw)}")
     check_finite(state, where)
+    check_variant(model3d, state, where)
     inflated, notes = inflate_state_dict(state, model3d, temporal_init)
     report = LoadReport(layout=layout, dropped_buffers=dropped)
     assign(model3d, inflated, report, source_window=None, keep_head=keep_head, where=where, converted=notes)
@@ -175,6 +200,7 @@ def inflate_image_checkpoint(
 __all__ = [
     "TEMPORAL_INITS",
     "inflate_bias_table",
+    "inflate_cpb_input",
     "inflate_image_checkpoint",
     "inflate_patch_kernel",
     "inflate_state_dict",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .formats import describe, infer_window, resize_bias_table, to_canonical
+from .formats import describe, infer_window, resize_bias_table, to_canonical, variant_of
 from .io import CheckpointError, StateDict, read_sidecar, read_state_dict, write_weights
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,23 @@ def check_finite(state: Mapping[str, Tensor], where: str) -> None:
     for name, t in state.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CheckpointError(f"{where}: weight {name} holds NaN or Inf values; refusing to load it")
+
+
+def check_variant(model: nn.Module, state: Mapping[str, Tensor], where: str) -> None:
+    """Raises CheckpointError when ``state`` (our names) is Swin V1 and ``model`` V2, or the reverse.
+
+    Without this, V2 weights would load into a V1 model (or the reverse) with
+    most names matching and compute nonsense.
+    """
+    ours, theirs = variant_of(model.state_dict()), variant_of(dict(state))
+    differ = sorted(k for k in ours.keys() & theirs.keys() if ours[k] != theirs[k])
+    if differ:
+        said = ", ".join(f"{k}={theirs[k]!r}" for k in differ)
+        have = ", ".join(f"{k}={ours[k]!r}" for k in differ)
+        raise CheckpointError(
+            f"{where}: the checkpoint was built with {said} but the model has {have}; build the model "
+            f"with the checkpoint's options (create_model(..., {said}), or a swinv2_* preset for Swin V2 weights)"
+        )
 
 
 def _model_window(model: nn.Module) -> tuple[int, ...]:
@@ -146,7 +163,9 @@ def load_checkpoint(
     (mmaction and mmaction2), torchvision ``swin3d_*``, and for image models
     official Microsoft Swin, timm and torchvision layouts, detected from the
     names. A video model given a different window (e.g. (8, 7, 7) weights into
-    a (16, 7, 7) model) gets its bias tables interpolated.
+    a (16, 7, 7) model) gets its bias tables interpolated; a Swin V2 model
+    (continuous position bias) holds no per-window weights and loads as is
+    (see ``pretrained_window_size`` in ``SwinTransformer``).
 
     Args:
         model: a :class:`~video_swin.models.SwinTransformer`.
@@ -158,7 +177,8 @@ def load_checkpoint(
 
     Raises:
         CheckpointError: unreadable or unsafe file, wrong dimensionality
-            (with a pointer to the right function), or a file that is no match.
+            (with a pointer to the right function), Swin V1 weights for a V2
+            model or the reverse, or a file that is no match.
     """
     where = _source_name(source)
     raw = read_state_dict(source)
@@ -177,6 +197,7 @@ def load_checkpoint(
             f"{where} is a 3D (video) Swin checkpoint but the model is an image model; "
             f"build a video model (e.g. create_model('swin3d_t')) and call load_checkpoint on it"
         )
+    check_variant(model, state, where)
     meta = read_sidecar(source) if isinstance(source, (str, os.PathLike)) else None
     source_window = tuple(meta["model"]["window_size"]) if meta and "model" in meta else None
     report = LoadReport(layout=layout, dropped_buffers=dropped)

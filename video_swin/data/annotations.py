@@ -1,13 +1,14 @@
 """Annotation formats, the file index under a dataset root, and the class list.
 
-Three formats:
+Three formats, and plain lists of files:
 
 * the official Kinetics CSV ``label,youtube_id,time_start,time_end,split``; the
   video of a row is the file named ``<youtube_id>_<start:06d>_<end:06d>.<ext>``
   (or ``<youtube_id>.<ext>``) anywhere under the root;
 * the mmaction list, one ``relative/path.mp4 label_index`` per line, with an
   optional ``classes.txt`` (one name per line) beside it;
-* a class-per-folder tree: ``<dir>/<class name>/**/<video>``.
+* a class-per-folder tree: ``<dir>/<class name>/**/<video>``;
+* a list of video paths (unlabelled, taken as given: scoring one's own files).
 
 Files are found by name through one recursive scan of the root, cached per
 root, so the common downloader layouts (``train/<label>/...``, flat folders,
@@ -181,12 +182,17 @@ def _annotation_kind(annotations: Path) -> str:
     return "kinetics" if "youtube_id" in header else "mmaction"
 
 
-def read_annotations(annotations: str | Path | None, root: str | Path | None = None) -> Annotations:
+def read_annotations(
+    annotations: str | Path | Sequence[str | Path] | None, root: str | Path | None = None
+) -> Annotations:
     """Parses annotations and finds their files.
 
     Args:
         annotations: A Kinetics CSV, an mmaction list, or a class-per-folder
-            directory; None means the class-per-folder tree at ``root``.
+            directory; None means the class-per-folder tree at ``root``. A list
+            or tuple of video paths gives unlabelled records in that order, with
+            no class list; its files are not looked for, so a missing one fails
+            when it is decoded and is reported like any broken video.
         root: Where the videos are (searched recursively by file name); for an
             mmaction list, relative paths are tried against it first. Defaults to
             the annotation file's folder.
@@ -195,6 +201,8 @@ def read_annotations(annotations: str | Path | None, root: str | Path | None = N
         The records whose file exists, the missing names, and the class list the
         annotations carry (if any).
     """
+    if isinstance(annotations, (list, tuple)):
+        return Annotations([VideoRecord(str(p), None) for p in annotations], [], [], "list of files")
     if annotations is None:
         if root is None:
             raise ValueError("give annotations, a root, or both")

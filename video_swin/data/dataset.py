@@ -44,7 +44,8 @@ class VideoDataset(Dataset):
 
     Args:
         annotations: Kinetics CSV, mmaction list, or class-per-folder directory
-            (None: the folder tree at ``root``).
+            (None: the folder tree at ``root``), or a list of video paths
+            (unlabelled: ``"label"`` is -1).
         root: Where the videos are (searched recursively by file name).
         mode: "train", "val" or "test".
         clip_len: Frames per clip (T).
@@ -75,7 +76,7 @@ class VideoDataset(Dataset):
 
     def __init__(
         self,
-        annotations: str | Path | None,
+        annotations: str | Path | Sequence[str | Path] | None,
         root: str | Path | None = None,
         mode: str = "train",
         clip_len: int = 32,

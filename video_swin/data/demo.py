@@ -1,10 +1,11 @@
 """The demo dataset: small synthetic H.264 videos of ten motion classes, in Kinetics layout.
 
 The classes come in five time-reversed pairs (moving right/left, down/up,
-rotating clockwise/counterclockwise, zooming in/out, appearing/vanishing):
-each video of the second class of a pair is drawn from the same distribution
-as the first and played backwards, so no single frame tells the pair apart
-and a model has to use time. Backgrounds, object shapes and colours, frame
+rotating clockwise/counterclockwise, zooming in/out, fading in/out): each
+video of the second class of a pair is drawn from the same distribution as
+the first and played backwards, so no single frame tells the pair apart and a
+model has to use time. The whole scene moves, as under a moving camera, so
+every part of the frame carries the motion. Textures, colours, speeds, frame
 sizes (portrait too), frame rates and lengths vary per video.
 
 Layout, as the official Kinetics downloads::
@@ -25,6 +26,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from pathlib import Path
@@ -41,7 +43,7 @@ _PAIRS = (
     ("moving down", "moving up", "move_y"),
     ("rotating clockwise", "rotating counterclockwise", "rotate"),
     ("zooming in", "zooming out", "zoom"),
-    ("appearing", "vanishing", "fade"),
+    ("fading in", "fading out", "fade"),
 )
 DEMO_CLASSES = tuple(sorted(name for pair in _PAIRS for name in pair[:2]))
 # (W, H). No width 72: decord 0.6 fails on it ("DECORDArrayCopyFromTo: The size must exactly match").
@@ -51,84 +53,68 @@ _MIN_FRAMES = 32
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A static background ``(H, W, 3)`` float: solid, gradient, stripes or smooth blotches."""
+def _texture(rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A random smooth two-colour texture defined on the whole plane: ``f(x, y) -> (H, W, 3)`` float.
+
+    A few plane waves of random direction and wavelength, summed and sharpened
+    into blobs with soft edges. Wavelengths stay well above the largest
+    displacement between two sampled frames, so motion never aliases.
+    """
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    kind = rng.integers(4)
-    if kind == 0:
-        return np.broadcast_to(c0, (h, w, 3)).astype(np.float32)
-    if kind == 1:
-        a = rng.uniform(0, 2 * math.pi)
-        t = (xx * math.cos(a) + yy * math.sin(a)) / math.hypot(h, w) + 0.5
-        return c0 + (c1 - c0) * np.clip(t, 0, 1)[..., None]
-    if kind == 2:
-        a, period = rng.uniform(0, math.pi), rng.uniform(6, 20)
-        t = 0.5 + 0.5 * np.sin(2 * math.pi * (xx * math.cos(a) + yy * math.sin(a)) / period)
-        return c0 + 0.35 * (c1 - c0) * t[..., None]
-    grid = rng.uniform(0, 1, (4, 4, 3))
-    up = grid[np.minimum(yy.astype(int) * 4 // h, 3), np.minimum(xx.astype(int) * 4 // w, 3)]  # (H, W, 3)
-    return c0 * 0.6 + up * 100.0
+    while np.abs(c0 - c1).mean() < 80:  # enough contrast to see the blobs move
+        c1 = rng.uniform(0, 255, 3)
+    k = 5
+    theta = rng.uniform(0, math.pi, k)
+    freq = 2 * math.pi / rng.uniform(16, 40, k)
+    phase = rng.uniform(0, 2 * math.pi, k)
+    kx, ky = (freq * np.cos(theta)).astype(np.float32), (freq * np.sin(theta)).astype(np.float32)
 
+    def f(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        field = sum(np.sin(kx[j] * x + ky[j] * y + phase[j]) for j in range(k)) / math.sqrt(k / 2)
+        t = 0.5 + 0.5 * np.tanh(2.0 * field)
+        return c0 + (c1 - c0) * t[..., None]
 
-def _shape_mask(shape: str, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
-    """Inside-test of a unit-size shape in object-local coordinates."""
-    if shape == "circle":
-        return lx**2 + ly**2 <= 1.0
-    if shape == "square":
-        return np.maximum(abs(lx), abs(ly)) <= 0.8
-    if shape == "diamond":
-        return abs(lx) + abs(ly) <= 1.0
-    if shape == "bar":
-        return (abs(lx) <= 1.0) & (abs(ly) <= 0.28)
-    # "pointer": a triangle pointing to +x
-    return (lx >= -0.6) & (abs(ly) <= 0.6 * (1.0 - lx) / 1.6)
+    return f
 
 
 def _render(rng: np.random.Generator, motion: str, backward: bool) -> tuple[np.ndarray, int]:
-    """Frames ``(N, H, W, 3)`` uint8 and the frame rate of one demo video."""
+    """Frames ``(N, H, W, 3)`` uint8 and the frame rate of one demo video.
+
+    The whole scene moves (as under a moving camera), so every part of the
+    frame carries the motion: a textured plane slides sideways or up/down,
+    turns about the frame centre, grows or shrinks about it, or fades in from
+    black. Speeds are steady and large enough that any 32-frame window shows
+    the motion plainly.
+    """
     w, h = _SIZES[rng.integers(len(_SIZES))]
     fps = int(_FPS[rng.integers(len(_FPS))])
-    n = max(_MIN_FRAMES, round(rng.uniform(2.0, 3.0) * fps))
-    bg = _background(rng, h, w)
-    color = rng.uniform(0, 255, 3)
-    if abs(color.mean() - bg.mean()) < 70:  # keep the object visible
-        color = np.where(bg.mean() > 127, color * 0.3, 255 - (255 - color) * 0.3)
-    shapes = ("pointer", "bar", "square") if motion == "rotate" else ("circle", "square", "diamond", "pointer")
-    shape = shapes[rng.integers(len(shapes))]
-    short = min(h, w)
-    radius = rng.uniform(0.16, 0.24) * short
-    angle0 = rng.uniform(0, 2 * math.pi)
-    cx, cy = rng.uniform(0.35, 0.65) * w, rng.uniform(0.35, 0.65) * h
-    span = rng.uniform(0.45, 0.65)
-    turn = rng.uniform(0.8, 1.4) * math.pi
-    zoom = rng.uniform(2.2, 3.2)
-    jitter = rng.normal(0, 0.6, (n, 2))
+    n = int(rng.integers(_MIN_FRAMES + 8, 2 * _MIN_FRAMES + 1))
+    texture = _texture(rng)
+    speed = rng.uniform(0.8, 1.5)  # pixels per frame
+    spin = rng.uniform(0.012, 0.025)  # radians per frame
+    growth = rng.uniform(0.012, 0.02)  # log-scale per frame
     noise_seed = int(rng.integers(2**31))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xx -= (w - 1) / 2
+    yy -= (h - 1) / 2
     frames = np.empty((n, h, w, 3), np.uint8)
     for i in range(n):
-        u = i / (n - 1)
-        u = 1.0 - u if backward else u
-        x, y, r, a, alpha = cx, cy, radius, angle0, 1.0
-        if motion == "move_x":
-            x = radius + (w - 2 * radius - span * w) * 0.5 + span * w * u
-        elif motion == "move_y":
-            y = radius + (h - 2 * radius - span * h) * 0.5 + span * h * u
-        elif motion == "rotate":
-            a = angle0 + turn * u  # y points down: a growing angle turns clockwise on screen
-            r = radius * 1.3
-        elif motion == "zoom":
-            r = 0.12 * short * zoom**u
-        else:
-            alpha = u
-        x, y = x + jitter[i, 0], y + jitter[i, 1]
-        dx, dy = xx - x, yy - y
-        lx = (dx * math.cos(a) + dy * math.sin(a)) / r
-        ly = (-dx * math.sin(a) + dy * math.cos(a)) / r
-        mask = _shape_mask(shape, lx, ly)[..., None] * alpha
-        frame = bg * (1 - mask) + color * mask
-        frame += np.random.default_rng([noise_seed, i]).normal(0, 4, (h, w, 1))
+        t = n - 1 - i if backward else i  # frames since the start of the forward motion
+        x, y, gain = xx, yy, 1.0
+        if motion == "move_x":  # content moves to +x (right)
+            x = xx - speed * t
+        elif motion == "move_y":  # content moves to +y (down)
+            y = yy - speed * t
+        elif motion == "rotate":  # y points down: a growing angle turns clockwise on screen
+            a = -spin * t
+            x, y = xx * math.cos(a) - yy * math.sin(a), xx * math.sin(a) + yy * math.cos(a)
+        elif motion == "zoom":  # content grows about the centre
+            scale = math.exp(-growth * t)
+            x, y = xx * scale, yy * scale
+        else:  # fades in from black
+            gain = 0.1 + 0.9 * t / (n - 1)
+        frame = texture(x, y) * gain
+        frame += np.random.default_rng([noise_seed, i]).normal(0, 3, (h, w, 1))
         frames[i] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames, fps
 
@@ -200,8 +186,8 @@ def _make_one(job: tuple[str, int, str, int, int, int, str, bool]) -> list[str]:
 def make_demo_data(
     out: str | Path = "data/demo",
     seed: int = 0,
-    train_per_class: int = 30,
-    val_per_class: int = 10,
+    train_per_class: int = 100,
+    val_per_class: int = 20,
     workers: int | None = None,
 ) -> Path:
     """Writes the demo dataset (videos first, the two CSVs last).

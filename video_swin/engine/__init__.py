@@ -1,17 +1,35 @@
-"""Training loop, multi-view evaluation, metrics, optimizer and schedule."""
+"""Training loop, multi-view evaluation and prediction, metrics, optimizer and schedule."""
 
-from .evaluate import VideoScores, metrics, predict_dataset, score_views, write_report
+from .build import TrainingError
+from .evaluate import (
+    VideoScores,
+    evaluate_checkpoint,
+    format_summary,
+    metrics,
+    predict_dataset,
+    run_evaluation,
+    score_views,
+    write_report,
+)
 from .optim import build_optimizer, lr_factor, param_groups
-from .trainer import TrainingError, train
+from .predict import VideoPrediction, format_predictions, load_predictor, predict_videos
+from .trainer import train
 
 __all__ = [
     "TrainingError",
+    "VideoPrediction",
     "VideoScores",
     "build_optimizer",
+    "evaluate_checkpoint",
+    "format_predictions",
+    "format_summary",
+    "load_predictor",
     "lr_factor",
     "metrics",
     "param_groups",
     "predict_dataset",
+    "predict_videos",
+    "run_evaluation",
     "score_views",
     "train",
     "write_report",

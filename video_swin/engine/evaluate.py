@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,17 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from ..config import Config, ConfigError, parse_views
+from .build import (
+    build_test_dataset,
+    checkpoint_classes,
+    config_classes,
+    eval_loader,
+    load_trained_weights,
+    make_accelerator,
+    model_from_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +124,20 @@ def metrics(result: VideoScores, num_classes: int) -> dict[str, float]:
     }
 
 
+def summarize(
+    result: VideoScores, *, classes: Sequence[str], paths: Sequence[str], extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What ``metrics.json`` holds: the metrics, the video counts, the failed paths and ``extra``."""
+    failed = [paths[i] for i, ok in zip(result.index.tolist(), result.valid.tolist()) if not ok]
+    return {
+        **metrics(result, len(classes)),
+        "num_videos": int(result.valid.sum()),
+        "num_failed": len(failed),
+        "failed": failed,
+        **extra,
+    }
+
+
 def write_report(
     result: VideoScores,
     out_dir: Path,
@@ -121,14 +148,7 @@ def write_report(
 ) -> dict[str, Any]:
     """Writes ``metrics.json``, ``predictions.csv`` and ``confusion_matrix.png``; returns the metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    failed = [paths[i] for i, ok in zip(result.index.tolist(), result.valid.tolist()) if not ok]
-    summary = {
-        **metrics(result, len(classes)),
-        "num_videos": int(result.valid.sum()),
-        "num_failed": len(failed),
-        "failed": failed,
-        **extra,
-    }
+    summary = summarize(result, classes=classes, paths=paths, extra=extra)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     with open(out_dir / "predictions.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -179,3 +199,113 @@ def plot_confusion(result: VideoScores, classes: Sequence[str], path: Path) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def run_evaluation(
+    model: nn.Module,
+    loader: Iterable[dict[str, Any]],
+    dataset: Any,
+    accelerator: Accelerator,
+    out_dir: str | os.PathLike,
+    *,
+    classes: Sequence[str],
+    views: str,
+    max_views: int,
+    average: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Scores a prepared test loader and writes the report: the code behind both the
+    training loop's final evaluation and ``scripts/evaluate.py``.
+
+    Args:
+        model: prepared classifier.
+        loader: prepared loader over ``dataset`` (multi-view samples).
+        dataset: the dataset, for the video paths (``dataset.records``).
+        accelerator: the run's accelerator; every process must call this.
+        out_dir: where ``metrics.json``, ``predictions.csv`` and ``confusion_matrix.png`` go.
+        classes: class names, index i = logit i.
+        views: ``"CLIPSxCROPS"`` of the dataset, recorded in the report.
+        max_views: at most this many views per forward.
+        average: "prob" or "logit" (see :func:`score_views`).
+        extra: more entries for ``metrics.json`` (e.g. ``checkpoint``, ``config``).
+
+    Returns:
+        The summary (``metrics.json``'s content) on the main process, None on the others.
+    """
+    start = time.perf_counter()
+    result = predict_dataset(model, loader, accelerator, max_views=max_views, average=average, desc=f"eval {views}")
+    seconds = time.perf_counter() - start
+    if not accelerator.is_main_process:
+        return None
+    timing = {"seconds": round(seconds, 3), "videos_per_s": round(len(result.index) / max(seconds, 1e-9), 3)}
+    return write_report(
+        result, Path(out_dir), classes=classes, paths=[r.path for r in dataset.records],
+        extra={"views": views, "num_processes": accelerator.num_processes, **timing, **(extra or {})},
+    )  # fmt: skip
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A short plain-text table of an evaluation summary (what the scripts print)."""
+    clips, crops = parse_views(summary["views"])
+    rows = [
+        ("checkpoint", str(summary.get("checkpoint", "-"))),
+        ("views", f"{summary['views']} ({clips * crops} per video), {summary['num_processes']} process(es)"),
+        ("videos", f"{summary['num_videos']} scored, {summary['num_failed']} could not be decoded"),
+        ("top-1", f"{summary['top1']:6.2f} %"),
+        ("top-5", f"{summary['top5']:6.2f} %"),
+        ("mean class", f"{summary['mean_class_accuracy']:6.2f} %"),
+    ]
+    if "videos_per_s" in summary:
+        rows.append(("speed", f"{summary['videos_per_s']:.2f} videos/s ({summary['seconds']:.1f} s)"))
+    rows += [("failed", path) for path in summary.get("failed", [])[:10]]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def evaluate_checkpoint(
+    cfg: Config,
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    views: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Evaluates a checkpoint on ``cfg.data.val_annotations`` with multi-view testing.
+
+    The config defines the model, as in training (``cfg.model``; pretrained
+    files are not read); the checkpoint supplies every weight, head included:
+    our files, official Video Swin or torchvision ``swin3d_*`` state dicts
+    (through :func:`~video_swin.checkpoints.load_checkpoint`). Class names
+    come from the checkpoint's sidecar, else from the config
+    (:func:`~video_swin.engine.build.config_classes`). Run it in every
+    process of a launch; each video is counted once.
+
+    Args:
+        cfg: the config (data, model, ``eval.*`` and precision settings).
+        checkpoint: weights file.
+        out_dir: report folder.
+        views: ``"CLIPSxCROPS"``, default ``cfg.eval.views``.
+        extra: more entries for ``metrics.json``.
+
+    Returns:
+        The summary on the main process, None on the others.
+
+    Raises:
+        ConfigError: bad views, or ``model.num_classes`` disagreeing with the class list.
+        CheckpointError: unreadable file, another architecture, or missing weights.
+    """
+    views = views or cfg.eval.views
+    parse_views(views)
+    classes = checkpoint_classes(checkpoint) or config_classes(cfg)
+    if cfg.model.num_classes and cfg.model.num_classes != len(classes):
+        raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the class list has {len(classes)} names")
+    model = model_from_config(cfg, len(classes))
+    load_trained_weights(model, checkpoint)
+    dataset = build_test_dataset(cfg, classes, views)
+    accelerator = make_accelerator(cfg)
+    model, loader = accelerator.prepare(model, eval_loader(dataset, cfg))
+    return run_evaluation(
+        model, loader, dataset, accelerator, out_dir, classes=classes, views=views,
+        max_views=cfg.eval.max_views_per_forward, average=cfg.eval.average,
+        extra={"checkpoint": str(checkpoint), "config": None, **(extra or {})},
+    )  # fmt: skip

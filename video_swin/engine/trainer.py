@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,25 +18,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import yaml
-from accelerate import Accelerator
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
-from ..checkpoints import inflate_image_checkpoint, load_checkpoint, read_state_dict, save_checkpoint
-from ..checkpoints.formats import to_canonical
-from ..config import Config, parse_views, to_dict
-from ..data import BrokenVideoLog, build_video_dataset, ensure_demo_data, failed_paths
-from ..models import create_model
+from ..checkpoints import save_checkpoint
+from ..config import Config, to_dict
+from ..data import BrokenVideoLog, ensure_demo_data, failed_paths
 from . import state as states
-from .evaluate import metrics, predict_dataset, write_report
+from .build import TrainingError, build_datasets, build_model, eval_loader, make_accelerator
+from .evaluate import format_summary, metrics, predict_dataset, run_evaluation
 from .optim import build_optimizer, lr_factor, set_lr
 from .plots import plot_curves
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite losses, a broken distributed launch, ...)."""
 
 
 class EpochSampler(Sampler[int]):
@@ -57,73 +50,13 @@ class EpochSampler(Sampler[int]):
         return self.num_samples
 
 
-def make_accelerator(cfg: Config) -> Accelerator:
-    """An Accelerator whose processes form one group, also on machines without a GPU.
-
-    accelerate only joins CPU processes into a gloo group when built with
-    ``cpu=True``; without it, each process of a multi-process CPU launch would
-    silently train alone.
-    """
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=cfg.train.mixed_precision,
-        gradient_accumulation_steps=cfg.train.grad_accum_steps,
-        log_with="tensorboard",
-        project_dir=cfg.output_dir,
-    )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise TrainingError(
-            f"launched {launched} processes but they formed a group of {accelerator.num_processes}; "
-            f"refusing to train them separately"
-        )
-    return accelerator
-
-
-def build_datasets(cfg: Config) -> tuple[Any, Any, Any]:
-    """Training set, single-view validation set and the multi-view test set."""
-    d = cfg.data
-    common = dict(clip_len=d.clip_len, frame_interval=d.frame_interval, crop_size=d.crop_size, decoder=d.decoder,
-                  seed=cfg.seed, classes=d.classes, pipeline=d.pipeline, max_bad_fraction=d.max_bad_fraction)
-    train = build_video_dataset(
-        d.train_annotations, d.root, mode="train", short_side=d.train_short_side, flip=d.flip, scale=tuple(d.crop_scale),
-        rand_augment=tuple(d.rand_augment) if d.rand_augment else None, random_erasing=d.random_erasing, **common,
-    )  # fmt: skip
-    common["classes"] = list(train.classes)
-    val = build_video_dataset(d.val_annotations, d.root, mode="val", short_side=d.train_short_side, **common)
-    clips, crops = parse_views(cfg.eval.views)
-    test = build_video_dataset(d.val_annotations, d.root, mode="test", num_clips=clips, num_crops=crops,
-                               short_side=d.test_short_side, **common)
-    return train, val, test
-
-
-def build_model(cfg: Config, num_classes: int, accelerator: Accelerator) -> torch.nn.Module:
-    """The model of ``cfg.model``, with pretrained weights inflated or loaded as configured."""
-    m = cfg.model
-    overrides = {k: getattr(m, k) for k in ("window_size", "embed_dim", "depths", "num_heads") if getattr(m, k)}
-    model = create_model(m.name, num_classes=num_classes, drop_path_rate=m.drop_path_rate,
-                         head_dropout=m.head_dropout, use_checkpoint=m.use_checkpoint, **overrides)
-    if m.pretrained_image:
-        state, _, _ = to_canonical(read_state_dict(m.pretrained_image))
-        patch = state.get("patch_embed.proj.weight")
-        if patch is not None and patch.ndim == 5:  # already inflated (scripts/inflate.py output)
-            report = load_checkpoint(model, m.pretrained_image, keep_head=False)
-        else:
-            report = inflate_image_checkpoint(model, m.pretrained_image, temporal_init=m.temporal_init)
-        accelerator.print(f"initialised from {m.pretrained_image}\n{report}")
-    if m.pretrained_video:
-        report = load_checkpoint(model, m.pretrained_video)
-        accelerator.print(f"loaded {m.pretrained_video}\n{report}")
-    return model
-
-
-def _loader(ds: Any, batch_size: int, cfg: Config, *, train: bool) -> DataLoader:
-    kwargs: dict[str, Any] = dict(batch_size=batch_size, num_workers=cfg.data.num_workers,
-                                  pin_memory=torch.cuda.is_available(), drop_last=train)
+def _train_loader(ds: Any, cfg: Config) -> DataLoader:
+    kwargs: dict[str, Any] = dict(batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
+                                  pin_memory=torch.cuda.is_available(), drop_last=True)
     # Iterator seeds come from this generator, not the global RNG, so that
     # creating a loader mid-run (resume) leaves the model's RNG stream alone.
     kwargs["generator"] = torch.Generator().manual_seed(cfg.seed)
-    if train and not isinstance(ds, IterableDataset):
+    if not isinstance(ds, IterableDataset):
         kwargs["sampler"] = EpochSampler(len(ds), cfg.seed)
     return DataLoader(ds, **kwargs)
 
@@ -182,9 +115,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     model = build_model(cfg, num_classes, accelerator)
     o = cfg.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, o.backbone_lr_mult, tuple(o.betas), o.eps)
-    train_loader = _loader(train_ds, cfg.train.batch_size, cfg, train=True)
-    val_loader = _loader(val_ds, cfg.eval.batch_size, cfg, train=False)
-    test_loader = _loader(test_ds, cfg.eval.batch_size, cfg, train=False)
+    train_loader = _train_loader(train_ds, cfg)
+    val_loader, test_loader = eval_loader(val_ds, cfg), eval_loader(test_ds, cfg)
     model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader, test_loader
     )
@@ -296,23 +228,20 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     # -- final weights and evaluation ----------------------------------------------
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    if main:
-        save_checkpoint(unwrapped, out / "model.safetensors", classes=classes, step=counters["step"])
+    if main:  # the resolved config travels with the weights: scripts/predict.py needs nothing else
+        save_checkpoint(unwrapped, out / "model.safetensors", classes=classes, step=counters["step"],
+                        config=to_dict(cfg))
     summary: dict[str, Any] = {}
     if cfg.eval.final:
-        result = predict_dataset(model, test_loader, accelerator, max_views=cfg.eval.max_views_per_forward,
-                                 average=cfg.eval.average, desc=f"eval {cfg.eval.views}")
+        summary = run_evaluation(
+            model, test_loader, test_ds, accelerator, out / "eval", classes=classes, views=cfg.eval.views,
+            max_views=cfg.eval.max_views_per_forward, average=cfg.eval.average,
+            extra={"checkpoint": str(out / "model.safetensors"), "config": str(out / "config.yaml")},
+        ) or {}  # fmt: skip
         if main:
-            paths = [r.path for r in test_ds.records]
-            summary = write_report(result, out / "eval", classes=classes, paths=paths,
-                                   extra={"views": cfg.eval.views, "num_processes": accelerator.num_processes,
-                                          "checkpoint": str(out / "model.safetensors"),
-                                          "config": str(out / "config.yaml")})
             metrics_log.write({"step": counters["step"], "epoch": num_epochs - 1,
                                **{f"test_{k}": summary[k] for k in ("top1", "top5", "mean_class_accuracy")}})
-            accelerator.print(f"final {cfg.eval.views} evaluation: top-1 {summary['top1']:.1f}%, "
-                              f"top-5 {summary['top5']:.1f}%, mean class {summary['mean_class_accuracy']:.1f}% "
-                              f"over {summary['num_videos']} videos ({summary['num_failed']} failed)")
+            accelerator.print(f"final {cfg.eval.views} evaluation:\n{format_summary(summary)}")
     if main:
         plot_curves(out / "metrics.jsonl", out / "curves.png")
     accelerator.end_training()

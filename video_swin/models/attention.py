@@ -1,4 +1,14 @@
-"""Window multi-head self-attention with a relative-position bias, for any dims."""
+"""Window multi-head self-attention with a relative-position bias, for any dims.
+
+One module serves Swin V1 and the Swin V2 ideas, chosen per model:
+
+* ``attention="dot"``: scaled dot-product attention (V1); ``"cosine"``:
+  scaled cosine attention (V2), cosine similarity of L2-normalised q and k
+  times a learnable per-head ``logit_scale``, clamped at log(100).
+* ``position_bias="table"``: a learned bias per relative offset (V1);
+  ``"cpb"``: continuous position bias (V2), an MLP over log-spaced relative
+  coordinates, ``16 * sigmoid(mlp(coords))``.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +19,38 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .windows import Size, relative_position_index
+from .windows import Size, log_spaced_coords, relative_position_index
+
+ATTENTIONS = ("dot", "cosine")
+POSITION_BIASES = ("table", "cpb")
+# Swin V2 clamps the learned temperature at 1/0.01: logits never exceed 100x the cosine.
+LOGIT_SCALE_MAX = math.log(1.0 / 0.01)
+CPB_HIDDEN = 512
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    """Returns ``value`` or raises ValueError naming the option and its choices."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
 
 
 class WindowAttention(nn.Module):
-    """Multi-head self-attention inside windows, with a learned relative-position bias.
+    """Multi-head self-attention inside windows, with a relative-position bias.
 
-    Parameter names follow the official checkpoints (``qkv``, ``proj``,
-    ``relative_position_bias_table``). The bias table has one row per relative
-    offset of the configured window, ``prod(2 * w - 1)`` rows and ``num_heads``
-    columns: (2P-1)(2M-1)^2 for a 3D (P, M, M) window.
+    Parameter names follow the official checkpoints. V1 (``"dot"``,
+    ``"table"``): ``qkv`` (with bias), ``proj``, ``relative_position_bias_table``
+    of ``prod(2 * w - 1)`` rows and ``num_heads`` columns, (2P-1)(2M-1)^2 for a
+    3D (P, M, M) window. V2 (``"cosine"``, ``"cpb"``): ``qkv`` without bias
+    plus ``q_bias`` and ``v_bias`` (the key has none), ``logit_scale``
+    Tensor[nH, 1, 1], ``cpb_mlp`` = Linear(n, 512) -> ReLU -> Linear(512, nH, no bias)
+    with n = 2 or 3 coordinate inputs.
+
+    The continuous bias takes the relative offsets of the window in use,
+    normalised per axis by ``window - 1`` (the window in use: the configured
+    one, or the feature size where that is smaller, as the official code
+    does) or, when given, by ``pretrained_window_size - 1``. Its MLP inputs
+    and index are built once per (window, device) and kept.
 
     Attention runs through ``F.scaled_dot_product_attention`` with bias (and, in
     shifted blocks, the shift mask) passed as one additive ``attn_mask``.
@@ -27,9 +59,14 @@ class WindowAttention(nn.Module):
         dim: channels C.
         window_size: configured window, e.g. (8, 7, 7) or (7, 7).
         num_heads: heads nH; ``dim`` must be divisible by it.
-        qkv_bias: learn a bias in the qkv projection.
+        qkv_bias: learn a bias in the qkv projection (V2: q and v biases).
         attn_drop: dropout on attention weights (training only).
         proj_drop: dropout after the output projection (training only).
+        attention: ``"dot"`` or ``"cosine"``.
+        position_bias: ``"table"`` or ``"cpb"``.
+        pretrained_window_size: for ``"cpb"``, the window the weights were
+            trained with, whose edge keeps mapping to the same coordinate
+            after the window changes; None: the window in use.
     """
 
     def __init__(
@@ -41,6 +78,9 @@ class WindowAttention(nn.Module):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        attention: str = "dot",
+        position_bias: str = "table",
+        pretrained_window_size: Size | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -50,18 +90,48 @@ class WindowAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attention = check_choice("attention", attention, ATTENTIONS)
+        self.position_bias_kind = check_choice("position_bias", position_bias, POSITION_BIASES)
+        if pretrained_window_size is not None and len(pretrained_window_size) != len(self.window_size):
+            raise ValueError(
+                f"pretrained_window_size {tuple(pretrained_window_size)} and window_size {self.window_size} "
+                f"differ in length"
+            )
+        self.pretrained_window_size = None if pretrained_window_size is None else tuple(pretrained_window_size)
+
+        if attention == "cosine":
+            # Official V2 layout: a bias-free qkv with separate q and v biases.
+            self.qkv = nn.Linear(dim, dim * 3, bias=False)
+            self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+            self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+            self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        else:
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        rows = math.prod(2 * w - 1 for w in self.window_size)
-        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        # Index for the full window; windows clamped to small inputs get their
-        # own index, built on first use and kept per (window, device).
+
+        if position_bias == "table":
+            rows = math.prod(2 * w - 1 for w in self.window_size)
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        else:
+            self.cpb_mlp = nn.Sequential(
+                nn.Linear(len(self.window_size), CPB_HIDDEN),
+                nn.ReLU(inplace=True),
+                nn.Linear(CPB_HIDDEN, num_heads, bias=False),
+            )
+        # Index (and MLP inputs) for the full window; windows clamped to small
+        # inputs get their own, built on first use and kept per (window, device).
         self.register_buffer(
             "relative_position_index", relative_position_index(self.window_size), persistent=False
         )
+        if position_bias == "cpb":
+            self.register_buffer("relative_coords_table", self._coords(self.window_size), persistent=False)
         self._index_cache: dict[tuple[Size, torch.device], Tensor] = {}
+        self._coords_cache: dict[tuple[Size, torch.device], Tensor] = {}
+
+    def _coords(self, window: Size) -> Tensor:
+        return log_spaced_coords(window, self.pretrained_window_size)  # (rows, n)
 
     def _index(self, window: Size) -> Tensor:
         if window == self.window_size:
@@ -69,15 +139,46 @@ class WindowAttention(nn.Module):
         device = self.relative_position_index.device
         key = (window, device)
         if key not in self._index_cache:
-            self._index_cache[key] = relative_position_index(window, self.window_size).to(device)
+            # A bias table is indexed at its true offsets with the table's strides;
+            # the continuous bias is evaluated on the window in use itself.
+            table_window = self.window_size if self.position_bias_kind == "table" else window
+            self._index_cache[key] = relative_position_index(window, table_window).to(device)
         return self._index_cache[key]
+
+    def _cpb_inputs(self, window: Size) -> Tensor:
+        if window == self.window_size:
+            return self.relative_coords_table
+        device = self.relative_position_index.device
+        key = (window, device)
+        if key not in self._coords_cache:
+            self._coords_cache[key] = self._coords(window).to(device)
+        return self._coords_cache[key]
+
+    def bias_table(self, window: Size) -> Tensor:
+        """Bias per relative offset: Tensor[rows, nH], rows indexed by ``relative_position_index``.
+
+        The learned table (V1), or ``16 * sigmoid(cpb_mlp(coords))`` over the
+        offsets of ``window`` (V2).
+        """
+        if self.position_bias_kind == "table":
+            return self.relative_position_bias_table
+        coords = self._cpb_inputs(window)  # (rows, n)
+        # The sigmoid is elementwise, so it is applied to the rows before the
+        # gather (the official code applies it after, to N*N entries).
+        return 16 * torch.sigmoid(self.cpb_mlp(coords.to(self.cpb_mlp[0].weight.dtype)))  # (rows, nH)
 
     def position_bias(self, window: Size) -> Tensor:
         """Relative-position bias for a window in use: Tensor[nH, N, N]."""
         index = self._index(window)
         n = index.shape[0]
-        bias = self.relative_position_bias_table[index.reshape(-1)]  # (N*N, nH)
+        bias = self.bias_table(window)[index.reshape(-1)]  # (N*N, nH)
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (nH, N, N)
+
+    def _qkv(self, x: Tensor) -> Tensor:
+        if self.attention == "cosine" and self.q_bias is not None:
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))  # (3C,)
+            return F.linear(x, self.qkv.weight, bias)
+        return self.qkv(x)
 
     def forward(self, x: Tensor, window: Size, mask: Tensor | None = None) -> Tensor:
         """Attends within windows.
@@ -91,20 +192,35 @@ class WindowAttention(nn.Module):
             Tensor[B * nW, N, C].
         """
         bw, n, c = x.shape
-        qkv = self.qkv(x).view(bw, n, 3, self.num_heads, self.head_dim)  # (B*nW, N, 3, nH, Dh)
+        qkv = self._qkv(x).view(bw, n, 3, self.num_heads, self.head_dim)  # (B*nW, N, 3, nH, Dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B*nW, nH, N, Dh)
+        scale = None  # SDPA's default, 1 / sqrt(Dh)
+        if self.attention == "cosine":
+            # cos(q, k) * exp(logit_scale): the per-head temperature goes into q
+            # so that SDPA (with scale 1) computes exactly these logits.
+            temperature = self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp()  # (nH, 1, 1)
+            q = F.normalize(q, dim=-1) * temperature  # (B*nW, nH, N, Dh)
+            k = F.normalize(k, dim=-1)
+            scale = 1.0
         bias = self.position_bias(window)  # (nH, N, N)
         if mask is None:
             attn_mask = bias.unsqueeze(0)  # (1, nH, N, N)
         else:
             # Fold the windows of one sample into the head axis so a single
             # (1, nW*nH, N, N) mask broadcasts over the batch: q, k, v are
-            # contiguous in (B, nW, nH) order, so this is a view.
+            # in (B, nW, nH) order, so this costs at most one copy.
             nw = mask.shape[0]
             attn_mask = (mask.unsqueeze(1) + bias.unsqueeze(0)).reshape(1, nw * self.num_heads, n, n)
             q, k, v = (t.reshape(-1, nw * self.num_heads, n, self.head_dim) for t in (q, k, v))
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0
+            q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0, scale=scale
         )  # (B*nW, nH, N, Dh) or (B, nW*nH, N, Dh)
         out = rearrange(out.reshape(bw, self.num_heads, n, self.head_dim), "b h n d -> b n (h d)")  # (B*nW, N, C)
         return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        extra = f", pretrained_window_size={self.pretrained_window_size}" if self.pretrained_window_size else ""
+        return (
+            f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}, "
+            f"attention={self.attention!r}, position_bias={self.position_bias_kind!r}{extra}"
+        )

@@ -16,11 +16,20 @@ _SIZES: dict[str, dict[str, Any]] = {
     "l": {"embed_dim": 192, "depths": (2, 2, 18, 2), "num_heads": (6, 12, 24, 48), "drop_path_rate": 0.2},
 }
 
+# The Swin V2 options, all three together in the V2 presets; each also works alone on any model.
+V2 = {"attention": "cosine", "position_bias": "cpb", "norm": "post"}
+# Official Swin V2 image models use window 8 at 256 px.
+_IMAGE_V2 = {"patch_size": (4, 4), "window_size": (8, 8)}
+_IMAGE_DROP_PATH = {"t": 0.2, "s": 0.3, "b": 0.5, "l": 0.5}
+
 # Video Swin presets carry the official video head dropout (0.5); image ones none.
 PRESETS: dict[str, dict[str, Any]] = {}
 for _size, _arch in _SIZES.items():
     PRESETS[f"swin3d_{_size}"] = {**_VIDEO, **_arch, "head_dropout": 0.5}
-    PRESETS[f"swin_{_size}"] = {**_IMAGE, **_arch, "drop_path_rate": {"t": 0.2, "s": 0.3, "b": 0.5, "l": 0.5}[_size]}
+    PRESETS[f"swin_{_size}"] = {**_IMAGE, **_arch, "drop_path_rate": _IMAGE_DROP_PATH[_size]}
+    if _size != "l":
+        PRESETS[f"swinv2_3d_{_size}"] = {**_VIDEO, **_arch, "head_dropout": 0.5, **V2}
+        PRESETS[f"swinv2_{_size}"] = {**_IMAGE_V2, **_arch, "drop_path_rate": _IMAGE_DROP_PATH[_size], **V2}
 
 
 def list_models() -> list[str]:
@@ -44,10 +53,12 @@ def create_model(name: str, num_classes: int = 400, **overrides: Any) -> SwinTra
     """Builds a preset with random weights.
 
     Args:
-        name: one of :func:`list_models`, e.g. ``"swin3d_t"`` or ``"swin_t"``.
+        name: one of :func:`list_models`, e.g. ``"swin3d_t"``, ``"swin_t"`` or ``"swinv2_3d_t"``.
         num_classes: outputs of the linear head (0: no head).
         **overrides: any ``SwinTransformer`` argument, e.g. ``window_size=(16, 7, 7)``,
-            ``drop_path_rate=0.2``, ``use_checkpoint=True``.
+            ``drop_path_rate=0.2``, ``use_checkpoint=True``, or a Swin V2 option on
+            its own: ``attention="cosine"``, ``position_bias="cpb"``, ``norm="post"``,
+            ``pretrained_window_size=(8, 7, 7)``.
 
     Returns:
         The model; ``model.config`` holds the name and every argument, which

@@ -4,11 +4,15 @@ The dimensionality is ``len(patch_size)``: (4, 4) gives the image Swin,
 (2, 4, 4) the Video Swin. The backbone is channels-last, (B, *S, C), from
 patch embedding to the final norm; ``forward_features`` turns it
 channels-first once at the end.
+
+The Swin V2 ideas are options of the same modules: ``attention="cosine"``
+and ``position_bias="cpb"`` (see :mod:`.attention`) and ``norm="post"``
+(res-post-norm blocks, patch merging that normalises after its reduction).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -16,10 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import WindowAttention
+from .attention import WindowAttention, check_choice
 from .windows import Size, fit_window, pad_to_window, padded_size, shift_mask, window_partition, window_reverse
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+NORMS = ("pre", "post")
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -96,11 +101,17 @@ class PatchMerging(nn.Module):
     Neighbours are concatenated in the official order x0=(0,0), x1=(1,0),
     x2=(0,1), x3=(1,1) in (h, w) offsets; official, timm and torchvision
     weights all assume it.
+
+    Args:
+        dim: input channels C.
+        norm: ``"pre"`` (V1): LayerNorm(4C) then reduction; ``"post"`` (V2):
+            reduction then LayerNorm(2C).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, norm: str = "pre") -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim)
+        self.post_norm = check_choice("norm", norm, NORMS) == "post"
+        self.norm = nn.LayerNorm(2 * dim if self.post_norm else 4 * dim)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -111,11 +122,18 @@ class PatchMerging(nn.Module):
         x = torch.cat(
             [x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], dim=-1
         )  # (B, *S, H/2, W/2, 4C)
+        if self.post_norm:
+            return self.norm(self.reduction(x))  # (B, *S, H/2, W/2, 2C)
         return self.reduction(self.norm(x))  # (B, *S, H/2, W/2, 2C)
 
 
 class SwinBlock(nn.Module):
-    """Pre-norm Swin block: (shifted) window attention and an MLP, each residual.
+    """Swin block: (shifted) window attention and an MLP, each residual.
+
+    ``norm="pre"`` (V1): ``x + f(norm(x))``; ``norm="post"`` (V2 res-post-norm):
+    ``x + norm(f(x))``, which keeps the residual branches' output bounded in
+    deep models. Post-norms start at zero weight and bias (as in the official
+    V2 code), so a new block starts as the identity.
 
     Args:
         dim: channels C.
@@ -127,6 +145,10 @@ class SwinBlock(nn.Module):
         drop: dropout after projections.
         attn_drop: dropout on attention weights.
         drop_path: stochastic depth rate of both residual branches.
+        attention: ``"dot"`` or ``"cosine"`` (see :class:`WindowAttention`).
+        position_bias: ``"table"`` or ``"cpb"``.
+        norm: ``"pre"`` or ``"post"``.
+        pretrained_window_size: for ``"cpb"``, the window the weights were trained with.
     """
 
     def __init__(
@@ -141,16 +163,41 @@ class SwinBlock(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        attention: str = "dot",
+        position_bias: str = "table",
+        norm: str = "pre",
+        pretrained_window_size: Size | None = None,
     ) -> None:
         super().__init__()
         self.shifted = shifted
+        self.post_norm = check_choice("norm", norm, NORMS) == "post"
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(
-            dim, window_size, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop
+            dim,
+            window_size,
+            num_heads,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            attention=attention,
+            position_bias=position_bias,
+            pretrained_window_size=pretrained_window_size,
         )
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def init_post_norm(self) -> None:
+        """Zeroes the res-post-norms (official V2 init); a no-op for pre-norm blocks."""
+        if self.post_norm:
+            for norm in (self.norm1, self.norm2):
+                nn.init.zeros_(norm.weight)
+                nn.init.zeros_(norm.bias)
+
+    def _residual(self, x: Tensor, branch: Callable[[Tensor], Tensor], norm: nn.Module) -> Tensor:
+        if self.post_norm:
+            return x + self.drop_path(norm(branch(x)))
+        return x + self.drop_path(branch(norm(x)))
 
     def _attend(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
         size = tuple(x.shape[1:-1])
@@ -177,8 +224,8 @@ class SwinBlock(nn.Module):
         """
         if not self.shifted:
             shift, mask = (0,) * len(window), None
-        x = x + self.drop_path(self._attend(self.norm1(x), window, shift, mask))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self._residual(x, lambda t: self._attend(t, window, shift, mask), self.norm1)
+        return self._residual(x, self.mlp, self.norm2)
 
 
 class SwinStage(nn.Module):
@@ -199,6 +246,7 @@ class SwinStage(nn.Module):
         drop_path: Sequence[float],
         downsample: bool,
         use_checkpoint: bool = False,
+        norm: str = "pre",
         **block_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -206,10 +254,12 @@ class SwinStage(nn.Module):
         self.shift_size = tuple(w // 2 for w in window_size)
         self.use_checkpoint = use_checkpoint
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads, window_size, shifted=i % 2 == 1, drop_path=drop_path[i], **block_kwargs)
+            SwinBlock(
+                dim, num_heads, window_size, shifted=i % 2 == 1, drop_path=drop_path[i], norm=norm, **block_kwargs
+            )
             for i in range(depth)
         )
-        self.downsample = PatchMerging(dim) if downsample else None
+        self.downsample = PatchMerging(dim, norm=norm) if downsample else None
         self.mask_cache: dict[tuple, Tensor] = {}
 
     def _mask(self, size: Size, window: Size, shift: Size, device: torch.device) -> Tensor | None:
@@ -258,6 +308,14 @@ class SwinTransformer(nn.Module):
         head_dropout: dropout before the head (official Video Swin head: 0.5).
         patch_norm: LayerNorm after the patch embedding.
         use_checkpoint: activation checkpointing of every block while training.
+        attention: ``"dot"`` (V1) or ``"cosine"`` (V2 scaled cosine attention).
+        position_bias: ``"table"`` (V1 learned table) or ``"cpb"`` (V2 continuous
+            position bias, which holds no per-window weights).
+        norm: ``"pre"`` (V1) or ``"post"`` (V2 res-post-norm blocks and merging).
+        pretrained_window_size: ``"cpb"`` only: the window the weights were
+            trained with, e.g. (8, 7, 7) when fine-tuning them with window
+            (16, 14, 14); one window for all stages, or a list of one window
+            (or None) per stage. None: coordinates are normalised by the window in use.
     """
 
     def __init__(
@@ -278,6 +336,10 @@ class SwinTransformer(nn.Module):
         head_dropout: float = 0.0,
         patch_norm: bool = True,
         use_checkpoint: bool = False,
+        attention: str = "dot",
+        position_bias: str = "table",
+        norm: str = "pre",
+        pretrained_window_size: Sequence[int] | Sequence[Sequence[int] | None] | None = None,
     ) -> None:
         super().__init__()
         patch_size, window_size = tuple(patch_size), tuple(window_size)
@@ -287,6 +349,12 @@ class SwinTransformer(nn.Module):
             )
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
+        check_choice("norm", norm, NORMS)
+        if pretrained_window_size is not None and position_bias != "cpb":
+            raise ValueError(
+                f"pretrained_window_size applies to position_bias='cpb' only, got position_bias={position_bias!r}"
+            )
+        stage_pretrained = _stage_windows(pretrained_window_size, len(depths), len(window_size))
         self.ndim = len(patch_size)
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -309,6 +377,10 @@ class SwinTransformer(nn.Module):
                     qkv_bias=qkv_bias,
                     drop=drop_rate,
                     attn_drop=attn_drop_rate,
+                    attention=attention,
+                    position_bias=position_bias,
+                    norm=norm,
+                    pretrained_window_size=stage_pretrained[i],
                 )
             )
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
@@ -316,13 +388,16 @@ class SwinTransformer(nn.Module):
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
+        for module in self.modules():
+            if isinstance(module, SwinBlock):
+                module.init_post_norm()
 
     # -- uniform model interface (timm style) --------------------------------
     def no_weight_decay(self) -> set[str]:
-        """Names of parameters that take no weight decay: bias tables, norms and biases."""
+        """Names of parameters that take no weight decay: bias tables, norms, biases, V2 logit scales and CPB MLPs."""
         names = set()
         for name, p in self.named_parameters():
-            if p.ndim <= 1 or name.endswith("relative_position_bias_table"):
+            if p.ndim <= 1 or name.endswith(("relative_position_bias_table", "logit_scale")) or ".cpb_mlp." in name:
                 names.add(name)
         return names
 
@@ -377,6 +452,25 @@ class SwinTransformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Tensor[B, C, T, H, W] or Tensor[B, C, H, W] -> logits Tensor[B, num_classes]."""
         return self.forward_head(self.forward_features(x))
+
+
+def _stage_windows(
+    pretrained: Sequence[int] | Sequence[Sequence[int] | None] | None, stages: int, ndim: int
+) -> list[Size | None]:
+    """``pretrained_window_size`` as one window (or None) per stage."""
+    if pretrained is None:
+        return [None] * stages
+    items = list(pretrained)
+    if all(isinstance(v, int) for v in items):
+        items = [items] * stages
+    elif len(items) != stages:
+        raise ValueError(f"pretrained_window_size {pretrained}: expected one window, or one per stage ({stages})")
+    out = []
+    for w in items:
+        if w is not None and (len(w) != ndim or not all(isinstance(v, int) and v >= 1 for v in w)):
+            raise ValueError(f"pretrained_window_size {pretrained}: {w} is no window of {ndim} positive sizes")
+        out.append(None if w is None else tuple(w))
+    return out
 
 
 def _init_weights(m: nn.Module) -> None:

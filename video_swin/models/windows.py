@@ -122,12 +122,13 @@ def relative_position_index(window: Size, table_window: Size | None = None) -> T
         raise ValueError(f"window {window} exceeds the bias table's window {table_window}")
     axes = [torch.arange(w) for w in window]
     coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1)  # (n, N)
-    rel = coords[:, :, None] - coords[:, None, :]  # (n, N, N)
-    index = torch.zeros(rel.shape[1:], dtype=torch.long)
-    for i, t in enumerate(table_window):
-        stride = math.prod(2 * u - 1 for u in table_window[i + 1 :])
-        index += (rel[i] + t - 1) * stride
-    return index  # (N, N)
+    strides = torch.tensor([math.prod(2 * u - 1 for u in table_window[i + 1 :]) for i in range(len(window))])
+    # The row sum_i (rel_i + t_i - 1) * stride_i is linear in the coordinates, so
+    # it is one difference of per-token sums: no (n, N, N) intermediate, which
+    # for large windows (N = 3136 at (16, 14, 14)) would cost seconds and GBs.
+    linear = (coords * strides[:, None]).sum(0)  # (N,)
+    offset = sum((t - 1) * int(s) for t, s in zip(table_window, strides))
+    return linear[:, None] - linear[None, :] + offset  # (N, N)
 
 
 def relative_coords_table(table_window: Size) -> Tensor:
@@ -165,3 +166,30 @@ def shift_mask(size: Size, window: Size, shift: Size, device: torch.device | Non
     labels = window_partition(labels[None, ..., None], window).squeeze(-1)  # (nW, N)
     different = labels[:, None, :] != labels[:, :, None]  # (nW, N, N)
     return torch.zeros(different.shape, device=device).masked_fill(different, MASK_VALUE)
+
+
+def log_spaced_coords(window: Size, scale_window: Size | None = None) -> Tensor:
+    """Log-spaced relative coordinates of a window, the input of Swin V2's position-bias MLP.
+
+    Every offset of :func:`relative_coords_table` is divided per axis by
+    ``scale_window - 1``, times 8 (so the window's edge sits at +-8), then mapped
+    through ``sign(x) * log2(1 + |x|) / log2(8)``, as in the Swin V2 paper and
+    its official code. Dividing by a ``scale_window`` other than ``window`` (a
+    pretraining window) keeps each absolute offset at the coordinate it was
+    trained with.
+
+    Args:
+        window: window in use, e.g. (8, 7, 7) or (8, 8).
+        scale_window: window whose edge maps to +-8; defaults to ``window``.
+
+    Returns:
+        Tensor[prod(2 * w - 1), n] float32, rows in :func:`relative_position_index`
+        order for ``window``.
+    """
+    scale_window = tuple(window) if scale_window is None else tuple(scale_window)
+    if len(scale_window) != len(window):
+        raise ValueError(f"scale_window {scale_window} and window {tuple(window)} differ in length")
+    coords = relative_coords_table(window).float()  # (rows, n)
+    # A window of 1 only has the offset 0; max(..., 1) avoids 0 / 0 there.
+    coords = coords / torch.tensor([max(s - 1, 1) for s in scale_window], dtype=torch.float32) * 8
+    return torch.sign(coords) * torch.log2(coords.abs() + 1.0) / math.log2(8)  # (rows, n)

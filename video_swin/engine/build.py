@@ -1,0 +1,171 @@
+"""What training and evaluation build alike: the accelerator, datasets, loaders, the model, the class list."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..checkpoints import CheckpointError, inflate_image_checkpoint, load_checkpoint, read_state_dict
+from ..checkpoints.formats import to_canonical
+from ..checkpoints.io import read_sidecar
+from ..config import Config, parse_views
+from ..data import build_video_dataset, class_names
+from ..data.annotations import read_class_file
+from ..models import create_model
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite losses, a broken distributed launch, ...)."""
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    """An Accelerator whose processes form one group, also on machines without a GPU.
+
+    accelerate only joins CPU processes into a gloo group when built with
+    ``cpu=True``; without it, each process of a multi-process CPU launch would
+    silently work alone (train on its own, or evaluate the whole set once per process).
+    """
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        log_with="tensorboard",
+        project_dir=cfg.output_dir,
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise TrainingError(
+            f"launched {launched} processes but they formed a group of {accelerator.num_processes}; "
+            f"refusing to run them separately"
+        )
+    return accelerator
+
+
+def _common_data_args(cfg: Config, classes: Sequence[str] | str | None) -> dict[str, Any]:
+    d = cfg.data
+    return dict(clip_len=d.clip_len, frame_interval=d.frame_interval, crop_size=d.crop_size, decoder=d.decoder,
+                seed=cfg.seed, classes=classes, pipeline=d.pipeline, max_bad_fraction=d.max_bad_fraction)
+
+
+def build_test_dataset(
+    cfg: Config, classes: Sequence[str], views: str | None = None, *, videos: Sequence[str] | None = None
+) -> Any:
+    """The multi-view test set: ``views`` (default ``eval.views``) per video.
+
+    Args:
+        cfg: data settings.
+        classes: class names (labels are indices into them).
+        views: ``"CLIPSxCROPS"``.
+        videos: score these files (unlabelled, in the native pipeline, no
+            failure fatal) instead of ``data.val_annotations``.
+    """
+    clips, crops = parse_views(views or cfg.eval.views)
+    args = _common_data_args(cfg, list(classes))
+    annotations: Any = cfg.data.val_annotations
+    root: str | None = cfg.data.root
+    if videos is not None:
+        args.update(pipeline="native", max_bad_fraction=1.0)
+        annotations, root = list(videos), None
+    return build_video_dataset(annotations, root, mode="test", num_clips=clips, num_crops=crops,
+                               short_side=cfg.data.test_short_side, **args)
+
+
+def build_datasets(cfg: Config) -> tuple[Any, Any, Any]:
+    """Training set, single-view validation set and the multi-view test set."""
+    d = cfg.data
+    common = _common_data_args(cfg, d.classes)
+    train = build_video_dataset(
+        d.train_annotations, d.root, mode="train", short_side=d.train_short_side, flip=d.flip, scale=tuple(d.crop_scale),
+        rand_augment=tuple(d.rand_augment) if d.rand_augment else None, random_erasing=d.random_erasing, **common,
+    )  # fmt: skip
+    common["classes"] = list(train.classes)
+    val = build_video_dataset(d.val_annotations, d.root, mode="val", short_side=d.train_short_side, **common)
+    return train, val, build_test_dataset(cfg, train.classes)
+
+
+def eval_loader(ds: Any, cfg: Config) -> DataLoader:
+    """The loader of a validation or test set (``eval.batch_size`` videos per process and batch)."""
+    # Worker seeds come from this generator, not the global RNG, so that an
+    # evaluation in the middle of training leaves the model's RNG stream alone.
+    return DataLoader(ds, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def model_from_config(cfg: Config, num_classes: int) -> nn.Module:
+    """The architecture of ``cfg.model`` with fresh weights (pretrained files are not read)."""
+    m = cfg.model
+    keys = ("window_size", "embed_dim", "depths", "num_heads", "attention", "position_bias", "norm",
+            "pretrained_window_size")
+    overrides = {k: getattr(m, k) for k in keys if getattr(m, k)}
+    return create_model(m.name, num_classes=num_classes, drop_path_rate=m.drop_path_rate,
+                        head_dropout=m.head_dropout, use_checkpoint=m.use_checkpoint, **overrides)
+
+
+def build_model(cfg: Config, num_classes: int, accelerator: Accelerator) -> nn.Module:
+    """The model of ``cfg.model``, with pretrained weights inflated or loaded as configured."""
+    m = cfg.model
+    model = model_from_config(cfg, num_classes)
+    if m.pretrained_image:
+        state, _, _ = to_canonical(read_state_dict(m.pretrained_image))
+        patch = state.get("patch_embed.proj.weight")
+        if patch is not None and patch.ndim == 5:  # already inflated (scripts/inflate.py output)
+            report = load_checkpoint(model, m.pretrained_image, keep_head=False)
+        else:
+            report = inflate_image_checkpoint(model, m.pretrained_image, temporal_init=m.temporal_init)
+        accelerator.print(f"initialised from {m.pretrained_image}\n{report}")
+    if m.pretrained_video:
+        report = load_checkpoint(model, m.pretrained_video)
+        accelerator.print(f"loaded {m.pretrained_video}\n{report}")
+    return model
+
+
+def config_classes(cfg: Config) -> list[str]:
+    """The class list a config trains with: ``data.classes``, else the training annotations' labels.
+
+    Without the training annotations (evaluating downloaded weights on a
+    validation set alone), the validation annotations' own labels are used;
+    for Kinetics both give the sorted label names.
+    """
+    d = cfg.data
+    if d.classes:
+        return read_class_file(d.classes)
+    if Path(d.train_annotations).exists():
+        return class_names(d.train_annotations)
+    log.warning("%s not found; taking the class list from %s", d.train_annotations, d.val_annotations)
+    return class_names(d.val_annotations)
+
+
+def checkpoint_classes(path: str | os.PathLike) -> list[str] | None:
+    """The class names saved in a checkpoint's sidecar, or None (no sidecar, or none saved)."""
+    meta = read_sidecar(path) or {}
+    classes = meta.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{path}: the sidecar's 'classes' is not a list of names")
+    return classes
+
+
+def load_trained_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Loads a complete classifier (backbone and head) into ``model``, or raises.
+
+    Unlike fine-tuning, evaluation cannot use a file that leaves any weight
+    freshly initialised, so a missing or mismatched head is an error here.
+
+    Raises:
+        CheckpointError: unreadable file, another architecture, or missing weights.
+    """
+    report = load_checkpoint(model, path)
+    if report.missing:
+        shown = ", ".join(report.missing[:5]) + (" ..." if len(report.missing) > 5 else "")
+        skipped = f" ({'; '.join(report.skipped)})" if report.skipped else ""
+        raise CheckpointError(f"{path}: does not hold every weight of the configured model: missing {shown}{skipped}")
+    log.info("loaded %s\n%s", path, report)
