@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from video_swin.checkpoints import CheckpointError
-from video_swin.config import ConfigError, check_paths, load_config, parse_views
+from video_swin.config import ArgumentParser, ConfigError, check_paths, load_config, parse_views
 from video_swin.data import TooManyBrokenVideos
 
 EPILOG = """\
@@ -26,7 +26,7 @@ examples:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Score every video of a validation set over CLIPSxCROPS views, in one or many processes.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip

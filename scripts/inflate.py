@@ -18,10 +18,11 @@ import sys
 
 import video_swin
 from video_swin.checkpoints import CheckpointError, inflate_image_checkpoint, save_checkpoint
+from video_swin.config import ArgumentParser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-checkpoint", required=True, help="2D Swin weights (.pth/.pt/.bin/.safetensors)")
     parser.add_argument("--model", default="swin3d_t", help="video preset (default: swin3d_t)")
     parser.add_argument("--out", required=True, help="output .safetensors path (a .json sidecar is written beside it)")

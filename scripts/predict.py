@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from video_swin.checkpoints import CheckpointError
-from video_swin.config import ConfigError, load_config, parse_views
+from video_swin.config import ArgumentParser, ConfigError, load_config, parse_views
 
 EPILOG = """\
 Videos go through the evaluation's test-time pipeline (evenly spaced clips,
@@ -25,7 +25,7 @@ examples:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Top-k classes with probabilities for each video, averaged over CLIPSxCROPS views.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
@@ -38,7 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="config for weights saved without one (a path or a name in configs/)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("video_swin.data.dataset").setLevel(logging.ERROR)  # failures are reported per file below
+    dataset_log = logging.getLogger("video_swin.data.dataset")
+    level = dataset_log.level
+    dataset_log.setLevel(logging.ERROR)  # failures are reported per file below
+    try:
+        return _run(args)
+    finally:
+        dataset_log.setLevel(level)  # main() may be called in-process (tests)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.views:
             parse_views(args.views, key="--views")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from video_swin.checkpoints import CheckpointError
-from video_swin.config import ConfigError, check_paths, load_config
+from video_swin.config import ArgumentParser, ConfigError, check_paths, load_config
 from video_swin.data import TooManyBrokenVideos
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Train a Video Swin Transformer with accelerate (CPU, one or many GPUs, many nodes).",
         epilog="A bare config name is looked up in configs/. Example: "
         "accelerate launch scripts/train.py --config demo.yaml --set train.epochs=3",
@@ -30,13 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from video_swin.engine import TrainingError, train  # heavy imports after the config is known good
+    from video_swin.engine import ResumeError, TrainingError, train  # heavy imports after the config is known good
 
     try:
         train(cfg, resume=args.resume)
-    except (FileNotFoundError, CheckpointError, TrainingError, TooManyBrokenVideos) as e:
+    except (ConfigError, FileNotFoundError, CheckpointError, ResumeError, TrainingError, TooManyBrokenVideos) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (FileNotFoundError, CheckpointError)) else 1
+        return 2 if isinstance(e, (ConfigError, FileNotFoundError, CheckpointError, ResumeError)) else 1
     return 0
 
 

@@ -7,6 +7,7 @@ is built.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import re
@@ -64,6 +65,10 @@ class DataConfig:
     rand_augment: list[int] | None = None  # [n, m]
     random_erasing: float = 0.0
     max_bad_fraction: float = 0.05
+    # Seconds one video may take to decode. Decoding then runs in a helper process per
+    # DataLoader worker, so a decoder that crashes or hangs on a file costs that file
+    # (handled as a broken video), not the run. null: decode in the worker itself.
+    decode_timeout: float | None = 60.0
     num_workers: int = 4
     generate_demo: bool = False  # write the demo dataset to `root` if it is missing
 
@@ -118,6 +123,13 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` for the scripts: a usage mistake is one line on stderr (``error: ...``) and exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def parse_views(views: str, key: str = "eval.views") -> tuple[int, int]:
@@ -194,11 +206,17 @@ def validate(cfg: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: must be one of {list(allowed)}, got {value!r}")
+    from .models import list_models  # noqa: PLC0415  (imports torch; only once the types are known good)
+
+    if cfg.model.name not in list_models():
+        close = difflib.get_close_matches(cfg.model.name, list_models(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; one of {list_models()}"
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}{hint}")
     for key in ("data.clip_len", "data.frame_interval", "data.crop_size", "data.train_short_side",
                 "data.test_short_side", "train.epochs", "train.batch_size", "train.grad_accum_steps",
                 "train.save_every_steps", "train.log_every_steps", "train.keep_last", "optim.lr",
                 "eval.batch_size", "eval.max_views_per_forward", "train.max_steps", "model.num_classes",
-                "train.max_nonfinite_steps"):
+                "train.max_nonfinite_steps", "data.decode_timeout"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
     for key in ("data.num_workers", "optim.weight_decay", "sched.warmup_epochs", "sched.min_lr",
@@ -240,6 +258,15 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own message spans several)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(error).split())
+
+
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Loads a YAML config (or the defaults) and applies ``KEY=VALUE`` overrides.
 
@@ -255,7 +282,7 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         try:
             data = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{file}: invalid YAML ({e})") from e
+            raise ConfigError(f"{file}: invalid YAML ({_yaml_problem(e)})") from e
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE")

@@ -59,6 +59,7 @@ def tiny_overrides(root, out, **extra):
         "data.val_annotations": f"{root}/val.csv",
         "data.generate_demo": "false",
         "data.clip_len": 4,
+        "data.frame_interval": 2,
         "data.crop_size": 32,
         "data.train_short_side": 36,
         "data.test_short_side": 32,

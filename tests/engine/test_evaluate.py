@@ -122,10 +122,11 @@ def test_multi_view_average_matches_a_recomputation_view_by_view(one_process, ti
         assert row["pred"] == classes[top.indices[0]]
         assert float(row["score"]) == pytest.approx(top.values[0].item(), abs=1e-4)
         assert row["top5"].split("|") == [classes[j] for j in top.indices.tolist()]
-    # The recomputation must be able to tell views apart: the 6 views do not all give the same scores.
+    # The recomputation must be able to tell views apart: scoring any single view instead of the
+    # mean would miss the score check above (tolerance 1e-4) by a wide margin.
     with torch.no_grad():
         per_view = model(ds[0]["video"]).softmax(-1)
-    assert (per_view - per_view.mean(0)).abs().max() > 0.05
+    assert (per_view - per_view.mean(0)).abs().max(1).values.min() > 1e-3
 
 
 @pytest.mark.parametrize("average", ["prob", "logit"])

@@ -97,10 +97,21 @@ def _load_file(path: Path) -> Any:
         raise CheckpointError(
             f"{path}: refused to unpickle: the file holds Python objects other than tensors, "
             f"which could run code when loaded. Re-save only the state dict "
-            f"(torch.save(model.state_dict(), ...)) or use safetensors. Details: {str(e).splitlines()[0]}"
+            f"(torch.save(model.state_dict(), ...)) or use safetensors. Details: {unpickling_detail(e)}"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+
+
+def unpickling_detail(error: pickle.UnpicklingError) -> str:
+    """The line of torch's refusal that names what the pickle wanted to build (e.g. ``GLOBAL posix.system``).
+
+    torch's first line advises retrying with ``weights_only=False``, which is
+    exactly what must not be done with such a file; it is left out.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "global" in line]
+    return (named or lines or [type(error).__name__])[0]
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -5,7 +5,7 @@ is loaded the first time it is used.
 """
 
 from .annotations import VideoRecord, class_names, read_annotations
-from .broken import BrokenVideoLog, TooManyBrokenVideos, failed_paths
+from .broken import BrokenVideoLog, TooManyBrokenVideos, failed_paths, failed_reasons
 from .dataset import VideoDataset
 from .decoders import DecodeError, Decoder, get_decoder
 from .demo import DEMO_CLASSES, ensure_demo_data, make_demo_data
@@ -26,6 +26,7 @@ __all__ = [
     "class_names",
     "ensure_demo_data",
     "failed_paths",
+    "failed_reasons",
     "get_decoder",
     "make_demo_data",
     "read_annotations",

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from .annotations import build_classes, read_annotations, resolve_labels
 from .broken import TooManyBrokenVideos, too_many
 from .decoders import DecodeError, Decoder, get_decoder
+from .isolated import isolate
 from .sampling import eval_clip_indices, train_clip_indices
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform
 
 logger = logging.getLogger(__name__)
+
+
+def _clip_indices(
+    train: bool,
+    clip_len: int,
+    frame_interval: int,
+    num_clips: int,
+    sample_seed: tuple[int, ...] | None,
+    num_frames: int,
+) -> np.ndarray:
+    """Frame indices of a sample's clips (pure: a fallback decoder may call it twice)."""
+    if train:
+        rng = np.random.default_rng([*sample_seed, 0])
+        return train_clip_indices(num_frames, clip_len, frame_interval, rng)
+    return eval_clip_indices(num_frames, clip_len, frame_interval, num_clips).reshape(-1)
 
 
 class VideoDataset(Dataset):
@@ -38,9 +55,11 @@ class VideoDataset(Dataset):
     worker. In training the sample is replaced by another video chosen from
     ``(seed, epoch, i, attempt)``; in val/test it comes back with
     ``"valid": False`` and a zero video, so evaluation can report it. Either
-    way the path is logged once per process and listed in the sample's
-    ``"failed"`` field; more distinct failures than ``max_bad_fraction`` of
-    the dataset (as seen by one process) raise :class:`TooManyBrokenVideos`.
+    way the path is logged once per process (at INFO level inside a
+    DataLoader worker, where the main process's :class:`BrokenVideoLog` names
+    it instead) and listed in the sample's ``"failed"`` field, with the reason
+    in ``"failed_reasons"``; more distinct failures than ``max_bad_fraction``
+    of the dataset (as seen by one process) raise :class:`TooManyBrokenVideos`.
 
     Args:
         annotations: Kinetics CSV, mmaction list, or class-per-folder directory
@@ -72,6 +91,11 @@ class VideoDataset(Dataset):
         max_bad_fraction: Largest tolerated fraction of undecodable videos.
         max_attempts: Videos tried for one training sample before giving up.
         decoder_threads: Decoding threads per video.
+        decode_timeout: Seconds one video may take to decode, or None. When
+            set, decoding runs in a helper process (one per DataLoader worker):
+            a decoder that crashes or hangs on a file costs that file only,
+            which is then handled as a broken video (see
+            :class:`~video_swin.data.isolated.IsolatedDecoder`).
     """
 
     def __init__(
@@ -100,6 +124,7 @@ class VideoDataset(Dataset):
         max_bad_fraction: float = 0.05,
         max_attempts: int = 10,
         decoder_threads: int = 1,
+        decode_timeout: float | None = None,
     ) -> None:
         if mode not in ("train", "val", "test"):
             raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
@@ -115,7 +140,10 @@ class VideoDataset(Dataset):
         self.num_clips, self.num_crops, self.crop_size = num_clips, num_crops, crop_size
         self.seed, self.epoch = seed, 0
         self.max_bad_fraction, self.max_attempts = max_bad_fraction, max_attempts
-        self.decoder = decoder if isinstance(decoder, Decoder) else get_decoder(decoder, num_threads=decoder_threads)
+        if isinstance(decoder, Decoder):
+            self.decoder = isolate(decoder, decode_timeout)
+        else:
+            self.decoder = get_decoder(decoder, num_threads=decoder_threads, timeout=decode_timeout)
         if short_side is None:
             short_side = crop_size if mode == "test" else round(crop_size * 8 / 7)
         self.transform = ClipTransform(
@@ -147,9 +175,11 @@ class VideoDataset(Dataset):
         Returns:
             ``{"video": float32 Tensor[3, T, S, S] (train) or Tensor[V, 3, T, S, S]
             (val/test, V = num_clips * num_crops, clip-major), "label": int,
-            "index": int, "path": str, "valid": bool, "failed": str}``. In training,
-            after a replacement, index/path/label are those of the video returned
-            and ``"failed"`` lists (newline-joined) the paths that failed first.
+            "index": int, "path": str, "valid": bool, "failed": str,
+            "failed_reasons": str}``. In training, after a replacement,
+            index/path/label are those of the video returned and ``"failed"``
+            lists (newline-joined) the paths that failed first, ``"failed_reasons"``
+            why, line by line.
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} videos")
@@ -159,9 +189,11 @@ class VideoDataset(Dataset):
             except DecodeError as exc:
                 self._record_failure(exc)
                 shape = (self.num_views, 3, self.clip_len, self.crop_size, self.crop_size)
-                return self._sample(index, torch.zeros(shape), valid=False, failed=[self.records[index].path])
+                return self._sample(index, torch.zeros(shape), valid=False, failed=[self.records[index].path],
+                                    reasons=[exc.reason])
             return self._sample(index, video)
         failed: list[str] = []
+        reasons: list[str] = []
         target = index
         for attempt in range(self.max_attempts):
             if attempt > 0:
@@ -171,8 +203,9 @@ class VideoDataset(Dataset):
             except DecodeError as exc:
                 self._record_failure(exc)
                 failed.append(self.records[target].path)
+                reasons.append(exc.reason)
                 continue
-            return self._sample(target, video, failed=failed)
+            return self._sample(target, video, failed=failed, reasons=reasons)
         raise RuntimeError(f"{self.max_attempts} videos in a row could not be decoded: {', '.join(failed)}")
 
     def _load(self, index: int, sample_seed: list[int] | None) -> torch.Tensor:
@@ -183,13 +216,9 @@ class VideoDataset(Dataset):
         augmentation (``sample_seed + [1]``).
         """
         num_clips, clip_len = (1, self.clip_len) if self.mode == "train" else (self.num_clips, self.clip_len)
-
-        def select(num_frames: int) -> np.ndarray:  # pure: a fallback decoder may call it twice
-            if self.mode == "train":
-                rng = np.random.default_rng([*sample_seed, 0])
-                return train_clip_indices(num_frames, clip_len, self.frame_interval, rng)
-            return eval_clip_indices(num_frames, clip_len, self.frame_interval, num_clips).reshape(-1)
-
+        # A picklable selector, so that an isolated decoder can run it in its helper process.
+        select = functools.partial(_clip_indices, self.mode == "train", clip_len, self.frame_interval, num_clips,
+                                   None if sample_seed is None else tuple(sample_seed))
         frames, _ = self.decoder.read(self.records[index].path, select)  # (C*T, H, W, 3)
         clips = frames.view(num_clips, clip_len, *frames.shape[1:])  # (C, T, H, W, 3)
         rng = np.random.default_rng([*sample_seed, 1]) if self.mode == "train" else None
@@ -205,11 +234,20 @@ class VideoDataset(Dataset):
         if exc.path not in self._bad:
             self._bad[exc.path] = exc.reason
             action = "replaced by another video" if self.mode == "train" else "reported as not scored"
-            logger.warning("cannot decode %s (%s); %s", exc.path, exc.reason, action)
+            # In a DataLoader worker the main process's BrokenVideoLog names the file once per epoch.
+            log = logger.info if get_worker_info() is not None else logger.warning
+            log("cannot decode %s (%s); %s", exc.path, exc.reason, action)
         if too_many(len(self._bad), len(self), self.max_bad_fraction):
             raise TooManyBrokenVideos(list(self._bad), len(self), self.max_bad_fraction, self._bad)
 
-    def _sample(self, index: int, video: torch.Tensor, valid: bool = True, failed: Sequence[str] = ()) -> dict:
+    def _sample(
+        self,
+        index: int,
+        video: torch.Tensor,
+        valid: bool = True,
+        failed: Sequence[str] = (),
+        reasons: Sequence[str] = (),
+    ) -> dict:
         return {
             "video": video,
             "label": self.labels[index],
@@ -217,6 +255,7 @@ class VideoDataset(Dataset):
             "path": self.records[index].path,
             "valid": valid,
             "failed": "\n".join(failed),
+            "failed_reasons": "\n".join(" ".join(r.split()) for r in reasons),  # one line per failed path
         }
 
     def __repr__(self) -> str:

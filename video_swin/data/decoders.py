@@ -68,7 +68,9 @@ def decord_available() -> bool:
 
 def _check_file(path: str | Path) -> None:
     if not os.path.isfile(path):
-        raise DecodeError(path, "file not found")
+        if os.path.islink(path):
+            raise DecodeError(path, f"dangling symbolic link (its target {os.readlink(path)} does not exist)")
+        raise DecodeError(path, "file not found" if not os.path.exists(path) else "not a regular file")
     if os.path.getsize(path) == 0:
         raise DecodeError(path, "empty file (0 bytes)")
 
@@ -303,7 +305,9 @@ class FallbackDecoder(Decoder):
         raise DecodeError(path, "; ".join(f"{name}: {reason}" for name, reason in failures))
 
 
-def get_decoder(name: str = "decord", *, fallback: bool = True, num_threads: int = 1) -> Decoder:
+def get_decoder(
+    name: str = "decord", *, fallback: bool = True, num_threads: int = 1, timeout: float | None = None
+) -> Decoder:
     """Builds a decoder by name.
 
     Args:
@@ -311,10 +315,17 @@ def get_decoder(name: str = "decord", *, fallback: bool = True, num_threads: int
         fallback: With "decord", fall back to PyAV for files decord cannot read,
             and use PyAV alone (logging a warning) when decord is not installed.
         num_threads: Decoding threads per video.
+        timeout: Seconds per video; decode in a helper process that a crash or
+            hang cannot take down with it (:class:`~video_swin.data.isolated.IsolatedDecoder`).
+            None decodes in the calling process.
 
     Returns:
         The decoder.
     """
+    if timeout is not None:
+        from .isolated import isolate  # noqa: PLC0415  (circular: it builds on this module)
+
+        return isolate(get_decoder(name, fallback=fallback, num_threads=num_threads), timeout)
     if name == "pyav":
         return PyAVDecoder(thread_count=num_threads)
     if name != "decord":

@@ -16,8 +16,8 @@ def build_video_dataset(*args, pipeline: str = "native", **kwargs) -> Dataset | 
         *args: Passed to the dataset (see :class:`~video_swin.data.VideoDataset`).
         pipeline: "native" (:class:`~video_swin.data.VideoDataset`, map-style) or
             "pytorchvideo" (:class:`~video_swin.data.pytorchvideo_pipeline.PytorchvideoDataset`,
-            iterable; ``decoder``, ``max_bad_fraction``, ``max_attempts`` and
-            ``decoder_threads`` do not apply to it and are ignored).
+            iterable; ``decoder``, ``max_bad_fraction``, ``max_attempts``,
+            ``decoder_threads`` and ``decode_timeout`` do not apply to it and are ignored).
         **kwargs: Passed to the dataset.
 
     Returns:
@@ -28,7 +28,7 @@ def build_video_dataset(*args, pipeline: str = "native", **kwargs) -> Dataset | 
     if pipeline == "pytorchvideo":
         from .pytorchvideo_pipeline import PytorchvideoDataset  # noqa: PLC0415  (imports pytorchvideo)
 
-        for key in ("max_bad_fraction", "max_attempts", "decoder_threads"):
+        for key in ("max_bad_fraction", "max_attempts", "decoder_threads", "decode_timeout"):
             kwargs.pop(key, None)
         return PytorchvideoDataset(*args, **kwargs)
     raise ValueError(f"unknown data pipeline {pipeline!r}; expected one of {PIPELINES}")

@@ -13,9 +13,11 @@ from .evaluate import (
 )
 from .optim import build_optimizer, lr_factor, param_groups
 from .predict import VideoPrediction, format_predictions, load_predictor, predict_videos
+from .state import ResumeError
 from .trainer import train
 
 __all__ = [
+    "ResumeError",
     "TrainingError",
     "VideoPrediction",
     "VideoScores",

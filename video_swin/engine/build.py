@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from ..checkpoints import CheckpointError, inflate_image_checkpoint, load_checkpoint, read_state_dict
 from ..checkpoints.formats import to_canonical
 from ..checkpoints.io import read_sidecar
-from ..config import Config, parse_views
+from ..config import Config, ConfigError, parse_views
 from ..data import build_video_dataset, class_names
 from ..data.annotations import read_class_file
 from ..models import create_model
@@ -54,7 +54,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
 def _common_data_args(cfg: Config, classes: Sequence[str] | str | None) -> dict[str, Any]:
     d = cfg.data
     return dict(clip_len=d.clip_len, frame_interval=d.frame_interval, crop_size=d.crop_size, decoder=d.decoder,
-                seed=cfg.seed, classes=classes, pipeline=d.pipeline, max_bad_fraction=d.max_bad_fraction)
+                seed=cfg.seed, classes=classes, pipeline=d.pipeline, max_bad_fraction=d.max_bad_fraction,
+                decode_timeout=d.decode_timeout)
 
 
 def build_test_dataset(
@@ -107,8 +108,11 @@ def model_from_config(cfg: Config, num_classes: int) -> nn.Module:
     keys = ("window_size", "embed_dim", "depths", "num_heads", "attention", "position_bias", "norm",
             "pretrained_window_size")
     overrides = {k: getattr(m, k) for k in keys if getattr(m, k)}
-    return create_model(m.name, num_classes=num_classes, drop_path_rate=m.drop_path_rate,
-                        head_dropout=m.head_dropout, use_checkpoint=m.use_checkpoint, **overrides)
+    try:
+        return create_model(m.name, num_classes=num_classes, drop_path_rate=m.drop_path_rate,
+                            head_dropout=m.head_dropout, use_checkpoint=m.use_checkpoint, **overrides)
+    except ValueError as e:  # options that do not fit together (e.g. depths and num_heads of other lengths)
+        raise ConfigError(f"model: {e}") from e
 
 
 def build_model(cfg: Config, num_classes: int, accelerator: Accelerator) -> nn.Module:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, parse_views
+from ..data import BrokenVideoLog
 from .build import (
     build_test_dataset,
     checkpoint_classes,
@@ -78,8 +79,10 @@ def predict_dataset(
     was_training = model.training
     model.eval()
     parts: dict[str, list[Tensor]] = {"index": [], "label": [], "scores": [], "valid": []}
+    broken = BrokenVideoLog(0, max_bad_fraction=None)
     bar = tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False)
     for batch in bar:
+        broken.update(batch)  # the dataset enforces data.max_bad_fraction; this names each file once
         videos = batch["video"]
         if videos.ndim == 5:  # single view: (B, 3, T, H, W)
             videos = videos.unsqueeze(1)
@@ -92,6 +95,7 @@ def predict_dataset(
         for key, value in zip(parts, gathered):
             parts[key].append(value.cpu())
     model.train(was_training)
+    broken.end_epoch(desc)
     index = torch.cat(parts["index"]) if parts["index"] else torch.zeros(0, dtype=torch.long)
     order = torch.argsort(index, stable=True)
     index = index[order]

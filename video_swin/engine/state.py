@@ -1,23 +1,38 @@
 """Resumable training states: written whole or not at all, found by their contents.
 
 A state is ``checkpoints/step_<N>/``, written first under a hidden temporary
-name and renamed only when complete, so a crash mid-save never leaves a folder
-that looks usable. The step lives in ``trainer_state.json`` inside the folder
-(never parsed out of the name). Older states are pruned only after a newer one
-is complete.
+name, flushed to disk (fsync) and renamed only when complete, so a crash or
+power loss mid-save never leaves a folder that looks usable; hidden folders
+are never picked, and ``--resume`` removes them with a log line. The step lives
+in ``trainer_state.json`` inside the folder (never parsed out of the name).
+Older states are pruned only after a newer one is complete, so a save that
+fails (disk full, read-only folder) stops the run with the earlier states intact.
+Every file of a state is read safely: tensors through safetensors, the rest
+through ``torch.load(weights_only=True)``; a pickle that would build other
+objects is refused with the file named.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
+from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file, save_file
+
+from ..checkpoints import CheckpointError
+from ..checkpoints.io import unpickling_detail
+from .build import TrainingError
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
@@ -39,26 +54,98 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(folder: Path) -> None:
+    """Flushes every file of ``folder`` and the folder itself to disk."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            _fsync(path)
+    _fsync(folder)
+
+
+def _describe(error: OSError) -> str:
+    name = errno.errorcode.get(error.errno, "") if error.errno else ""
+    where = f" ({error.filename})" if error.filename else ""
+    return f"{error.strerror or error}" + (f" [{name}]" if name else "") + where
+
+
+def _step_together(accelerator: Accelerator, work: Callable[[], None], what: str, tmp: Path, checkpoints_dir: Path,
+                   step: int) -> None:
+    """Runs one phase of a save on every process; if it failed anywhere, all processes stop with its cause.
+
+    An OSError on one process must not leave the others waiting at the next
+    barrier, so every phase ends with a vote: the processes exchange what went
+    wrong (nothing, usually) and all raise the same error when anything did.
+    """
+    failure: str | None = None
+    try:
+        work()
+    except OSError as e:
+        failure = _describe(e)
+    failures = gather_object([failure]) if accelerator.num_processes > 1 else [failure]  # one entry per process
+    if not any(failures):
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    kept = ", ".join(p.name for _, p in list_states(checkpoints_dir)) or "none"
+    rank, cause = next((r, f) for r, f in enumerate(failures) if f)
+    by = f" in process {rank}" if accelerator.num_processes > 1 else ""
+    raise TrainingError(
+        f"could not save the training state of step {step} ({what}{by}): {cause}; "
+        f"earlier states are kept ({kept} in {checkpoints_dir}). Free disk space or fix the folder's "
+        f"permissions, then continue with --resume"
+    )
+
+
 def save_state(accelerator: Accelerator, checkpoints_dir: Path, counters: dict[str, Any], keep_last: int) -> Path:
     """Saves model, optimizer, RNG and ``counters`` as ``step_<counters['step']>``; prunes old states.
 
     Every process writes its RNG state; the main process does the rename and pruning.
+
+    Raises:
+        TrainingError: a write failed (disk full, read-only folder, ...) on any
+            process; the partial folder is removed and no earlier state is pruned.
     """
     step = int(counters["step"])
     final = checkpoints_dir / f"step_{step}"
     tmp = checkpoints_dir / f".tmp_step_{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    save_file(_rng_tensors(), str(_rng_file(tmp, accelerator.process_index)))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+
+    def prepare() -> None:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+
+    def write() -> None:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        save_file(_rng_tensors(), str(_rng_file(tmp, accelerator.process_index)))
+
+    def publish() -> None:
+        if not main:
+            return
         (tmp / TRAINER_STATE).write_text(json.dumps(counters, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        _sync_tree(tmp)  # complete on disk before it gets its visible name
+        if final.exists():  # re-saving a step: set the old one aside until the new one is in place
+            old = checkpoints_dir / f".old_step_{step}"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync(checkpoints_dir)
+
+    _step_together(accelerator, prepare, "creating the folder", tmp, checkpoints_dir, step)
+    _step_together(accelerator, write, "writing", tmp, checkpoints_dir, step)
+    _step_together(accelerator, publish, "finishing", tmp, checkpoints_dir, step)
+    if main:
         complete = sorted(list_states(checkpoints_dir), key=lambda p: p[0])
         for _, old in complete[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -67,22 +154,34 @@ def save_state(accelerator: Accelerator, checkpoints_dir: Path, counters: dict[s
 
 
 def list_states(checkpoints_dir: Path) -> list[tuple[int, Path]]:
-    """Complete states as (step, folder); temporary and unreadable folders are skipped with a log line."""
+    """Complete states as (step, folder); hidden (interrupted) and unreadable folders are skipped with a log line."""
     states = []
     if not checkpoints_dir.is_dir():
         return states
     for folder in checkpoints_dir.iterdir():
         if not folder.is_dir():
             continue
-        if folder.name.startswith(".tmp_"):
+        if folder.name.startswith("."):
             log.info("ignoring incomplete state %s (interrupted save)", folder)
             continue
         try:
             counters = json.loads((folder / TRAINER_STATE).read_text())
             states.append((int(counters["step"]), folder))
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("ignoring unreadable state %s: %s", folder, e)
     return sorted(states)
+
+
+def remove_incomplete(checkpoints_dir: Path) -> list[Path]:
+    """Deletes the hidden folders interrupted saves left behind, with a warning each; returns them."""
+    removed = []
+    if checkpoints_dir.is_dir():
+        for folder in sorted(checkpoints_dir.iterdir()):
+            if folder.is_dir() and folder.name.startswith((".tmp_step_", ".old_step_")):
+                log.warning("removing %s: an interrupted save left it incomplete", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
 
 
 def latest_state(checkpoints_dir: Path) -> Path | None:
@@ -91,14 +190,60 @@ def latest_state(checkpoints_dir: Path) -> Path | None:
     return states[-1][1] if states else None
 
 
+def _unsafe_pickle(folder: Path) -> tuple[Path, pickle.UnpicklingError] | None:
+    """The first pickle of ``folder`` that holds more than tensors and plain data, with the unpickler's error."""
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".bin", ".pkl", ".pt", ".pth") and path.is_file():
+            try:
+                accelerate_load(path, map_location="cpu")  # weights_only=True, numpy arrays allowed
+            except pickle.UnpicklingError as e:
+                return path, e
+            except Exception:  # noqa: BLE001 - unreadable for another reason: reported by the caller
+                continue
+    return None
+
+
+def _refuse(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: refused to unpickle: the file holds Python objects other than tensors, which could run code "
+        f"when loaded; this state cannot be trusted (details: {unpickling_detail(error)})"
+    )
+
+
 def load_state(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
     """Restores model, optimizer and RNG from ``folder``; returns its counters.
 
     Raises:
-        ResumeError: the RNG state of this process is missing or does not restore.
+        CheckpointError: a file of the state is a pickle that would run code
+            (refused, nothing of it executed).
+        ResumeError: the state is unreadable or incomplete, or the RNG state
+            of this process is missing or does not restore.
     """
-    counters = json.loads((folder / TRAINER_STATE).read_text())
-    accelerator.load_state(str(folder))
+    try:
+        counters = json.loads((folder / TRAINER_STATE).read_text())
+    except (OSError, ValueError) as e:
+        raise ResumeError(f"{folder / TRAINER_STATE}: unreadable ({e})") from e
+    # accelerate reads its RNG pickle inside a blanket try/except; check it here so a
+    # hostile one is reported rather than silently skipped.
+    rng_pickle = folder / f"random_states_{accelerator.process_index}.pkl"
+    if rng_pickle.is_file():
+        try:
+            accelerate_load(rng_pickle, map_location="cpu")
+        except pickle.UnpicklingError as e:
+            raise _refuse(rng_pickle, e) from None
+        except Exception as e:  # noqa: BLE001
+            raise ResumeError(f"{rng_pickle}: unreadable ({str(e).strip().splitlines()[0]})") from e
+    try:
+        accelerator.load_state(str(folder))
+    except pickle.UnpicklingError as e:
+        found = _unsafe_pickle(folder)
+        raise (_refuse(*found) if found else _refuse(folder, e)) from None
+    except Exception as e:  # noqa: BLE001 - truncated or missing files: name the folder, not a library frame
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ResumeError(
+            f"{folder}: the saved state cannot be restored ({type(e).__name__}: {first}); "
+            f"move this folder away to resume from the state before it"
+        ) from e
     rng_path = _rng_file(folder, accelerator.process_index)
     if not rng_path.is_file():
         raise ResumeError(f"{rng_path} is missing: the run cannot resume exactly (was it saved with another world size?)")

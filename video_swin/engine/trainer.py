@@ -8,6 +8,7 @@ decoding them and reaches the weights of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,10 +21,11 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..checkpoints import save_checkpoint
 from ..config import Config, to_dict
-from ..data import BrokenVideoLog, ensure_demo_data, failed_paths
+from ..data import BrokenVideoLog, ensure_demo_data
 from . import state as states
 from .build import TrainingError, build_datasets, build_model, eval_loader, make_accelerator
 from .evaluate import format_summary, metrics, predict_dataset, run_evaluation
@@ -132,9 +134,13 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     metrics_log = MetricsLog(out / "metrics.jsonl", main)
     ckpt_dir = out / "checkpoints"
     if resume:
+        if main:
+            states.remove_incomplete(ckpt_dir)
+        accelerator.wait_for_everyone()
         folder = states.latest_state(ckpt_dir)
         if folder is None:
             accelerator.print(f"--resume: no complete state in {ckpt_dir}; starting from scratch")
+            metrics_log.truncate_after(0)  # a run killed before its first save logged steps it will redo
         else:
             counters = states.load_state(accelerator, folder)
             metrics_log.truncate_after(counters["step"])
@@ -150,87 +156,95 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     step_loss, consecutive_bad, bad_cycle = 0.0, 0, False
     t_last, clips_since = time.perf_counter(), 0
     model.train()
-    for epoch in range(counters["epoch"], num_epochs):
-        if counters["step"] >= total_steps:
-            break
-        train_ds.set_epoch(epoch)
-        loader = train_loader
-        if counters["batches_in_epoch"]:
-            loader = accelerator.skip_first_batches(train_loader, counters["batches_in_epoch"])
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        for batch in loader:
-            broken.add(failed_paths(batch))
-            with accelerator.accumulate(model):
-                logits = model(batch["video"])
-                loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=cfg.train.label_smoothing)
-                losses = accelerator.gather(loss.detach()[None])  # (world,)
-                if torch.isfinite(losses).all():
-                    accelerator.backward(loss)
-                    step_loss += losses.mean().item() / accum
-                else:
-                    bad_cycle = True
-                if accelerator.sync_gradients:
-                    if bad_cycle:
-                        optimizer.zero_grad(set_to_none=True)
-                    elif cfg.train.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-                    set_lr(optimizer, lr_factor(counters["step"], total_steps, warmup_steps, min_factor))
-                    if not bad_cycle:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            counters["batches_in_epoch"] += 1
-            clips_since += batch["video"].shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            # -- one optimizer step done (or skipped) --------------------------------
-            counters["step"] += 1
-            step = counters["step"]
-            if bad_cycle:
-                counters["nonfinite_steps"] += 1
-                consecutive_bad += 1
-                accelerator.print(f"step {step}: non-finite loss, step skipped ({consecutive_bad} in a row)")
-                if consecutive_bad >= cfg.train.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"{consecutive_bad} optimizer steps in a row had a non-finite loss; stopping "
-                        f"(try a lower optim.lr, train.mixed_precision=no or train.max_grad_norm)"
-                    )
-            else:
-                consecutive_bad = 0
-            lr = optimizer.param_groups[-1]["lr"]
-            if step % cfg.train.log_every_steps == 0 or step == total_steps:
-                now = time.perf_counter()
-                row = {"step": step, "epoch": epoch, "loss": step_loss, "lr": lr,
-                       "clips_per_s": clips_since / max(now - t_last, 1e-9),
-                       "nonfinite_steps": counters["nonfinite_steps"]}
-                metrics_log.write(row)
-                accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=step)
-                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", clips_s=f"{row['clips_per_s']:.1f}")
-                t_last, clips_since = now, 0
-            bar.update(1)
-            step_loss, bad_cycle = 0.0, False
-            if step % cfg.train.save_every_steps == 0 or step == total_steps:
-                states.save_state(accelerator, ckpt_dir, counters, cfg.train.keep_last)
-            if step >= total_steps:
+    # The bar is closed before an error propagates, so the error is the last line printed;
+    # log lines (broken videos) go above the bar instead of through it.
+    with contextlib.closing(bar), logging_redirect_tqdm():
+        for epoch in range(counters["epoch"], num_epochs):
+            if counters["step"] >= total_steps:
                 break
-        else:
-            counters["epoch"], counters["batches_in_epoch"] = epoch + 1, 0
-        broken.end_epoch(epoch)
-        if cfg.eval.every_epochs and ((epoch + 1) % cfg.eval.every_epochs == 0 or counters["step"] >= total_steps):
-            result = predict_dataset(model, val_loader, accelerator, max_views=cfg.eval.max_views_per_forward,
-                                     average=cfg.eval.average, desc="val")
-            val = metrics(result, num_classes)
-            metrics_log.write({"step": counters["step"], "epoch": epoch, **{f"val_{k}": v for k, v in val.items()}})
-            accelerator.log({f"val/{k}": v for k, v in val.items()}, step=counters["step"])
-            accelerator.print(f"epoch {epoch}: val top-1 {val['top1']:.1f}% (1 view)")
-    bar.close()
+            train_ds.set_epoch(epoch)
+            loader = train_loader
+            if counters["batches_in_epoch"]:
+                loader = accelerator.skip_first_batches(train_loader, counters["batches_in_epoch"])
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            for batch in loader:
+                broken.update(batch)
+                with accelerator.accumulate(model):
+                    logits = model(batch["video"])
+                    loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=cfg.train.label_smoothing)
+                    losses = accelerator.gather(loss.detach()[None])  # (world,)
+                    if torch.isfinite(losses).all():
+                        accelerator.backward(loss)
+                        step_loss += losses.mean().item() / accum
+                    else:
+                        bad_cycle = True
+                    if accelerator.sync_gradients:
+                        if bad_cycle:
+                            optimizer.zero_grad(set_to_none=True)
+                        elif cfg.train.max_grad_norm:
+                            accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                        set_lr(optimizer, lr_factor(counters["step"], total_steps, warmup_steps, min_factor))
+                        if not bad_cycle:
+                            optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                counters["batches_in_epoch"] += 1
+                clips_since += batch["video"].shape[0] * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                # -- one optimizer step done (or skipped) --------------------------------
+                counters["step"] += 1
+                step = counters["step"]
+                if bad_cycle:
+                    counters["nonfinite_steps"] += 1
+                    consecutive_bad += 1
+                    accelerator.print(f"step {step}: non-finite loss, step skipped ({consecutive_bad} in a row)")
+                    if consecutive_bad >= cfg.train.max_nonfinite_steps:
+                        raise TrainingError(
+                            f"{consecutive_bad} optimizer steps in a row had a non-finite loss; stopping "
+                            f"(try a lower optim.lr, train.mixed_precision=no or train.max_grad_norm)"
+                        )
+                else:
+                    consecutive_bad = 0
+                lr = optimizer.param_groups[-1]["lr"]
+                if step % cfg.train.log_every_steps == 0 or step == total_steps:
+                    now = time.perf_counter()
+                    row = {"step": step, "epoch": epoch, "loss": step_loss, "lr": lr,
+                           "clips_per_s": clips_since / max(now - t_last, 1e-9),
+                           "nonfinite_steps": counters["nonfinite_steps"]}
+                    metrics_log.write(row)
+                    accelerator.log({"train/loss": step_loss, "train/lr": lr}, step=step)
+                    bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", clips_s=f"{row['clips_per_s']:.1f}")
+                    t_last, clips_since = now, 0
+                bar.update(1)
+                step_loss, bad_cycle = 0.0, False
+                if step % cfg.train.save_every_steps == 0 or step == total_steps:
+                    states.save_state(accelerator, ckpt_dir, counters, cfg.train.keep_last)
+                if step >= total_steps:
+                    break
+            else:
+                counters["epoch"], counters["batches_in_epoch"] = epoch + 1, 0
+            broken.end_epoch(epoch)
+            if cfg.eval.every_epochs and ((epoch + 1) % cfg.eval.every_epochs == 0 or counters["step"] >= total_steps):
+                result = predict_dataset(model, val_loader, accelerator, max_views=cfg.eval.max_views_per_forward,
+                                         average=cfg.eval.average, desc="val")
+                val = metrics(result, num_classes)
+                metrics_log.write({"step": counters["step"], "epoch": epoch, **{f"val_{k}": v for k, v in val.items()}})
+                accelerator.log({f"val/{k}": v for k, v in val.items()}, step=counters["step"])
+                accelerator.print(f"epoch {epoch}: val top-1 {val['top1']:.1f}% (1 view)")
 
     # -- final weights and evaluation ----------------------------------------------
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if main:  # the resolved config travels with the weights: scripts/predict.py needs nothing else
-        save_checkpoint(unwrapped, out / "model.safetensors", classes=classes, step=counters["step"],
-                        config=to_dict(cfg))
+        try:
+            save_checkpoint(unwrapped, out / "model.safetensors", classes=classes, step=counters["step"],
+                            config=to_dict(cfg))
+        except OSError as e:  # written atomically: nothing half-written is left behind
+            raise TrainingError(
+                f"could not write the final weights {out / 'model.safetensors'}: {e.strerror or e}; "
+                f"the training state of step {counters['step']} is in {ckpt_dir}"
+            ) from e
     summary: dict[str, Any] = {}
     if cfg.eval.final:
         summary = run_evaluation(

@@ -1,0 +1,107 @@
+"""``scripts/train.py`` with one injected fault, for the reliability tests (never used by the library).
+
+Usage: ``VIDEO_SWIN_FAULT=<fault> python tests/reliability/faulty_train.py <train.py arguments>``
+
+Faults (N is an optimizer step):
+
+* ``kill_at_step:N``: SIGKILL this process while computing step N (after the
+  forward/backward of its batch, before the optimizer update), i.e. with steps
+  1..N-1 done; DataLoader workers are left to notice on their own.
+* ``kill_in_save:N``: SIGKILL while the state of step N is being written: the
+  model and optimizer files are in ``.tmp_step_N``, the RNG file and
+  ``trainer_state.json`` are not.
+* ``oserror_in_save:N:ERRNO[:RANK]``: the write of the state of step N fails
+  with ``OSError(ERRNO)`` (e.g. ``ENOSPC``: disk full, ``EROFS``: read-only
+  folder), in every process or only in process RANK.
+* ``nan_loss:A-B``: the loss of optimizer steps A..B (with one batch a step)
+  is NaN.
+* ``hostile_decoder``: decord and PyAV segfault on any file whose name holds
+  ``CRASH`` and never return on one holding ``HANG``.
+
+The faults are monkeypatches applied before ``scripts/train.py`` runs, so the
+code under test is the code users run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import runpy
+import signal
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _install(fault: str) -> None:
+    kind, *args = fault.split(":")
+    if kind == "kill_at_step":
+        import video_swin.engine.trainer as trainer
+
+        target, original = int(args[0]), trainer.lr_factor
+
+        def lr_factor(step: int, *rest):
+            if step + 1 == target:  # called with the number of steps done so far
+                _kill()
+            return original(step, *rest)
+
+        trainer.lr_factor = lr_factor
+    elif kind in ("kill_in_save", "oserror_in_save"):
+        import video_swin.engine.state as state
+
+        folder, original = f".tmp_step_{int(args[0])}", state.save_file
+
+        only_rank = int(args[2]) if len(args) > 2 else None
+        rank = int(os.environ.get("RANK", "0"))
+
+        def save_file(tensors, path, *rest, **kwargs):
+            if folder in str(path) and only_rank in (None, rank):
+                if kind == "kill_in_save":
+                    _kill()
+                code = getattr(errno, args[1])
+                raise OSError(code, os.strerror(code), str(path))
+            return original(tensors, path, *rest, **kwargs)
+
+        state.save_file = save_file
+    elif kind == "nan_loss":
+        import torch
+        import torch.nn.functional as F
+
+        first, last = map(int, args[0].split("-"))
+        original, calls = F.cross_entropy, [0]
+
+        def cross_entropy(*a, **k):
+            calls[0] += 1  # one call per batch, in training only
+            loss = original(*a, **k)
+            return loss * torch.nan if first <= calls[0] <= last else loss
+
+        F.cross_entropy = cross_entropy
+    elif kind == "hostile_decoder":
+        from video_swin.data import decoders
+
+        for cls in (decoders.DecordDecoder, decoders.PyAVDecoder):
+            def read(self, path, select, _original=cls.read):
+                if "CRASH" in str(path):
+                    os.kill(os.getpid(), signal.SIGSEGV)
+                if "HANG" in str(path):
+                    time.sleep(10**6)
+                return _original(self, path, select)
+
+            cls.read = read
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    for fault in filter(None, os.environ.get("VIDEO_SWIN_FAULT", "").split(",")):
+        _install(fault)
+    script = str(REPO / "scripts" / "train.py")
+    sys.argv = [script, *sys.argv[1:]]
+    sys.path.insert(0, str(REPO / "scripts"))
+    runpy.run_path(script, run_name="__main__")
