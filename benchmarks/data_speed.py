@@ -15,13 +15,20 @@ as wall-clock and as process CPU time (steadier on a shared machine).
 ``--keep-freed-memory`` stops glibc from unmapping large freed blocks, which
 removes most page faults from all three pipelines.
 
-Example:
+``--workers 1,2`` then measures how a ``torch.utils.data.DataLoader`` over our
+dataset scales: clips/s with each number of worker processes (batch size 1,
+each clip dropped when it arrives), medians over the repetitions, and the
+scaling efficiency, clips/s with N workers / (N x clips/s with 1 worker).
+
+Examples:
     python benchmarks/data_speed.py --videos 6 --reps 5
+    python benchmarks/data_speed.py --videos 8 --reps 3 --workers 1,2
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -75,6 +82,36 @@ def bare_decode(dataset: VideoDataset, epoch: int) -> None:
         del reader
 
 
+class _Repeated(torch.utils.data.Dataset):
+    """``dataset`` read ``times`` over (index i is clip i % len): enough clips per worker to time."""
+
+    def __init__(self, dataset: VideoDataset, times: int) -> None:
+        self.dataset, self.times = dataset, times
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times
+
+    def __getitem__(self, i: int) -> dict:
+        return self.dataset[i % len(self.dataset)]
+
+
+def loader_scaling(dataset: VideoDataset, workers: list[int], reps: int, times: int) -> dict[int, float]:
+    """Median clips/s of a DataLoader over ``dataset`` (read ``times`` over) for each worker count."""
+    from torch.utils.data import DataLoader  # noqa: PLC0415
+
+    data = _Repeated(dataset, times)
+    rates: dict[int, list[float]] = {n: [] for n in workers}
+    for rep in range(reps + 1):  # repetition 0 warms up and is dropped
+        for n in workers if rep % 2 == 0 else workers[::-1]:
+            dataset.set_epoch(rep)  # forked workers take the dataset as it is now
+            start = time.perf_counter()
+            for _ in DataLoader(data, batch_size=1, num_workers=n, prefetch_factor=2 if n else None):
+                pass
+            if rep:
+                rates[n].append(len(data) / (time.perf_counter() - start))
+    return {n: statistics.median(r) for n, r in rates.items()}
+
+
 def keep_freed_memory() -> None:
     """Tells glibc malloc to serve large blocks from its heap and not return freed memory to the OS.
 
@@ -95,7 +132,17 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="repetitions; one clip per video each (default: 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1)")
     parser.add_argument("--keep-freed-memory", action="store_true", help="glibc: no mmap/trim for large blocks")
+    parser.add_argument("--workers", default="", metavar="N,N,...",
+                        help="also time a DataLoader with these worker counts, e.g. 1,2 (default: skip)")
+    parser.add_argument("--loader-passes", type=int, default=4,
+                        help="DataLoader part: passes over the videos per repetition (default: 4)")
     args = parser.parse_args()
+    try:
+        workers = [int(n) for n in args.workers.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--workers expects comma-separated integers, got {args.workers!r}")
+    if any(n < 0 for n in workers):
+        parser.error("--workers: worker counts must be >= 0")
     torch.set_num_threads(args.threads)
     if args.keep_freed_memory:
         keep_freed_memory()
@@ -118,6 +165,7 @@ def main() -> None:
                 if rep:
                     wall[name].append(time.perf_counter() - start_wall)
                     cpu[name].append(time.process_time() - start_cpu)
+        loader_rates = loader_scaling(ours, workers, args.reps, args.loader_passes) if workers else {}
     clips = len(ours)
     print(f"{args.videos} videos 340x256, 10 s, 30 fps, gop 60; clip 32x2, crop 224; "
           f"median of {args.reps} reps; torch threads {args.threads}; keep freed memory: {args.keep_freed_memory}\n")
@@ -130,6 +178,16 @@ def main() -> None:
     for i, kind in enumerate(("wall", "CPU")):
         print(f"\n{kind}: ours / pytorchvideo speed {ms['pytorchvideo'][i] / ms['ours'][i]:.2f}x, "
               f"decode share of our time {ms['bare decode'][i] / ms['ours'][i]:.0%}")
+
+    if loader_rates:
+        base = loader_rates.get(1)
+        print(f"\nDataLoader over ours, batch 1, {len(ours) * args.loader_passes} clips per repetition "
+              f"({os.cpu_count()} CPUs)\n")
+        print("| workers | clips/s (wall) | vs 1 worker | scaling efficiency |\n|---:|---:|---:|---:|")
+        for n, rate in loader_rates.items():
+            speedup = f"{rate / base:.2f}x" if base else "-"
+            efficiency = f"{rate / (n * base):.0%}" if base and n else "-"
+            print(f"| {n} | {rate:.1f} | {speedup} | {efficiency} |")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ class ModelConfig:
     depths: list[int] | None = None
     num_heads: list[int] | None = None
     use_checkpoint: bool = False
+    # keep less for backward and recompute it there (see SwinTransformer): MLP
+    # hidden layers, and on CPU the attention's qkv projection
+    recompute_mlp: bool = True
+    recompute_qkv: bool = True
     # Swin V2 options, one at a time on any preset (None: the preset's own choice)
     attention: str | None = None  # dot | cosine
     position_bias: str | None = None  # table | cpb

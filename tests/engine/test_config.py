@@ -98,3 +98,15 @@ def test_v2_options_reach_the_model():
     assert not hasattr(plain, "logit_scale") and not hasattr(plain, "cpb_mlp")
     with pytest.raises(ConfigError, match="model.norm"):
         load_config("demo.yaml", ["model.norm=middle"])
+
+
+def test_memory_options_reach_the_model():
+    from video_swin.engine.build import model_from_config
+
+    block = model_from_config(load_config("demo.yaml"), 10).layers[0].blocks[0]
+    assert block.recompute_mlp and block.attn.recompute_qkv  # the defaults
+    cfg = load_config("demo.yaml", ["model.recompute_mlp=false", "model.recompute_qkv=false",
+                                    "model.use_checkpoint=true"])
+    model = model_from_config(cfg, 10)
+    block = model.layers[0].blocks[0]
+    assert not block.recompute_mlp and not block.attn.recompute_qkv and model.layers[0].use_checkpoint

@@ -110,7 +110,8 @@ def model_from_config(cfg: Config, num_classes: int) -> nn.Module:
     overrides = {k: getattr(m, k) for k in keys if getattr(m, k)}
     try:
         return create_model(m.name, num_classes=num_classes, drop_path_rate=m.drop_path_rate,
-                            head_dropout=m.head_dropout, use_checkpoint=m.use_checkpoint, **overrides)
+                            head_dropout=m.head_dropout, use_checkpoint=m.use_checkpoint,
+                            recompute_mlp=m.recompute_mlp, recompute_qkv=m.recompute_qkv, **overrides)
     except ValueError as e:  # options that do not fit together (e.g. depths and num_heads of other lengths)
         raise ConfigError(f"model: {e}") from e
 

@@ -16,9 +16,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
+from .kernels import Linear, gather_bias, linear, window_attention
 from .windows import Size, log_spaced_coords, relative_position_index
 
 ATTENTIONS = ("dot", "cosine")
@@ -52,8 +52,10 @@ class WindowAttention(nn.Module):
     does) or, when given, by ``pretrained_window_size - 1``. Its MLP inputs
     and index are built once per (window, device) and kept.
 
-    Attention runs through ``F.scaled_dot_product_attention`` with bias (and, in
-    shifted blocks, the shift mask) passed as one additive ``attn_mask``.
+    Attention runs through :func:`.kernels.window_attention`: on CPU (float32)
+    a fused flash kernel with a chunked backward that also gives the bias its
+    gradient, elsewhere ``F.scaled_dot_product_attention``, with bias (and, in
+    shifted blocks, the shift mask) as one additive ``attn_mask``.
 
     Args:
         dim: channels C.
@@ -67,6 +69,9 @@ class WindowAttention(nn.Module):
         pretrained_window_size: for ``"cpb"``, the window the weights were
             trained with, whose edge keeps mapping to the same coordinate
             after the window changes; None: the window in use.
+        recompute_qkv: (dot attention, CPU fast path) keep the tokens for
+            backward and recompute the qkv projection there instead of keeping
+            it: 2C fewer channels per token kept, one more GEMM in backward.
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class WindowAttention(nn.Module):
         attention: str = "dot",
         position_bias: str = "table",
         pretrained_window_size: Size | None = None,
+        recompute_qkv: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -98,16 +104,17 @@ class WindowAttention(nn.Module):
                 f"differ in length"
             )
         self.pretrained_window_size = None if pretrained_window_size is None else tuple(pretrained_window_size)
+        self.recompute_qkv = recompute_qkv
 
         if attention == "cosine":
             # Official V2 layout: a bias-free qkv with separate q and v biases.
-            self.qkv = nn.Linear(dim, dim * 3, bias=False)
+            self.qkv = Linear(dim, dim * 3, bias=False)
             self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
             self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
             self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
         else:
-            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+            self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
         if position_bias == "table":
@@ -169,15 +176,12 @@ class WindowAttention(nn.Module):
 
     def position_bias(self, window: Size) -> Tensor:
         """Relative-position bias for a window in use: Tensor[nH, N, N]."""
-        index = self._index(window)
-        n = index.shape[0]
-        bias = self.bias_table(window)[index.reshape(-1)]  # (N*N, nH)
-        return bias.view(n, n, self.num_heads).permute(2, 0, 1)  # (nH, N, N)
+        return gather_bias(self.bias_table(window), self._index(window))  # (nH, N, N)
 
     def _qkv(self, x: Tensor) -> Tensor:
         if self.attention == "cosine" and self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))  # (3C,)
-            return F.linear(x, self.qkv.weight, bias)
+            return linear(x, self.qkv.weight, bias)
         return self.qkv(x)
 
     def forward(self, x: Tensor, window: Size, mask: Tensor | None = None) -> Tensor:
@@ -192,30 +196,25 @@ class WindowAttention(nn.Module):
             Tensor[B * nW, N, C].
         """
         bw, n, c = x.shape
-        qkv = self._qkv(x).view(bw, n, 3, self.num_heads, self.head_dim)  # (B*nW, N, 3, nH, Dh)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B*nW, nH, N, Dh)
-        scale = None  # SDPA's default, 1 / sqrt(Dh)
-        if self.attention == "cosine":
-            # cos(q, k) * exp(logit_scale): the per-head temperature goes into q
-            # so that SDPA (with scale 1) computes exactly these logits.
-            temperature = self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp()  # (nH, 1, 1)
-            q = F.normalize(q, dim=-1) * temperature  # (B*nW, nH, N, Dh)
-            k = F.normalize(k, dim=-1)
-            scale = 1.0
-        bias = self.position_bias(window)  # (nH, N, N)
-        if mask is None:
-            attn_mask = bias.unsqueeze(0)  # (1, nH, N, N)
-        else:
-            # Fold the windows of one sample into the head axis so a single
-            # (1, nW*nH, N, N) mask broadcasts over the batch: q, k, v are
-            # in (B, nW, nH) order, so this costs at most one copy.
-            nw = mask.shape[0]
-            attn_mask = (mask.unsqueeze(1) + bias.unsqueeze(0)).reshape(1, nw * self.num_heads, n, n)
-            q, k, v = (t.reshape(-1, nw * self.num_heads, n, self.head_dim) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0, scale=scale
-        )  # (B*nW, nH, N, Dh) or (B, nW*nH, N, Dh)
-        out = rearrange(out.reshape(bw, self.num_heads, n, self.head_dim), "b h n d -> b n (h d)")  # (B*nW, N, C)
+        table, index = self.bias_table(window), self._index(window)  # (rows, nH), (N, N)
+        dropout_p = self.attn_drop if self.training else 0.0
+        if self.attention == "dot":
+            # The projection goes into the attention kernel, which can then keep
+            # the tokens (C) for backward instead of the projection (3C).
+            out = window_attention(
+                x, self.num_heads, table, index, mask, qkv_weight=self.qkv.weight, qkv_bias=self.qkv.bias,
+                dropout_p=dropout_p, recompute_qkv=self.recompute_qkv,
+            )  # (B*nW, N, C)
+            return self.proj_drop(self.proj(out))
+        # cos(q, k) * exp(logit_scale): the per-head temperature goes into q so
+        # that attention with scale 1 computes exactly these logits.
+        qkv = self._qkv(x)  # (B*nW, N, 3C)
+        temperature = self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp().view(self.num_heads, 1)  # (nH, 1)
+        q, k, v = qkv.view(bw, n, 3, self.num_heads, self.head_dim).unbind(2)  # 3 x (B*nW, N, nH, Dh)
+        q = F.normalize(q, dim=-1) * temperature
+        k = F.normalize(k, dim=-1)
+        qkv = torch.stack((q, k, v), dim=2).view(bw, n, 3 * c)  # (B*nW, N, 3C)
+        out = window_attention(qkv, self.num_heads, table, index, mask, scale=1.0, dropout_p=dropout_p)  # (B*nW, N, C)
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:

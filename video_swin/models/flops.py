@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .kernels import fast_paths
+
 
 def _sdpa_flop(inputs: list[Any], outputs: list[Any]) -> int:
     # fvcore has no rule for scaled_dot_product_attention: q @ k^T and attn @ v,
@@ -24,5 +26,7 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     analysis = FlopCountAnalysis(model, (x,))
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    with torch.no_grad():
+    # Traced with the stock ops, whose FLOP rules fvcore knows (the CPU fast
+    # paths compute the same products through custom kernels).
+    with torch.no_grad(), fast_paths(attention=False, linear=False, inference_chunks=False):
         return int(analysis.total())

@@ -12,6 +12,7 @@ and ``position_bias="cpb"`` (see :mod:`.attention`) and ``norm="post"``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +22,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import WindowAttention, check_choice
-from .windows import Size, fit_window, pad_to_window, padded_size, shift_mask, window_partition, window_reverse
+from .kernels import Linear, recomputed_mlp, reorder_tokens, use_inference_chunks, windowed_residual
+from .windows import Size, fit_window, pad_to_window, padded_size, shift_mask, window_order
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 NORMS = ("pre", "post")
@@ -55,9 +57,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -112,7 +114,7 @@ class PatchMerging(nn.Module):
         super().__init__()
         self.post_norm = check_choice("norm", norm, NORMS) == "post"
         self.norm = nn.LayerNorm(2 * dim if self.post_norm else 4 * dim)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Tensor[B, *S, H, W, C] -> Tensor[B, *S, ceil(H/2), ceil(W/2), 2C]."""
@@ -149,6 +151,10 @@ class SwinBlock(nn.Module):
         position_bias: ``"table"`` or ``"cpb"``.
         norm: ``"pre"`` or ``"post"``.
         pretrained_window_size: for ``"cpb"``, the window the weights were trained with.
+        recompute_mlp: keep only the MLP branch's input for backward and
+            recompute its activations there (see :func:`.kernels.recomputed_mlp`).
+        recompute_qkv: recompute the attention's qkv projection in backward
+            instead of keeping it (CPU fast path; see :class:`WindowAttention`).
     """
 
     def __init__(
@@ -167,9 +173,12 @@ class SwinBlock(nn.Module):
         position_bias: str = "table",
         norm: str = "pre",
         pretrained_window_size: Size | None = None,
+        recompute_mlp: bool = True,
+        recompute_qkv: bool = True,
     ) -> None:
         super().__init__()
         self.shifted = shifted
+        self.recompute_mlp = recompute_mlp
         self.post_norm = check_choice("norm", norm, NORMS) == "post"
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(
@@ -182,6 +191,7 @@ class SwinBlock(nn.Module):
             attention=attention,
             position_bias=position_bias,
             pretrained_window_size=pretrained_window_size,
+            recompute_qkv=recompute_qkv,
         )
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
@@ -199,41 +209,84 @@ class SwinBlock(nn.Module):
             return x + self.drop_path(norm(branch(x)))
         return x + self.drop_path(branch(norm(x)))
 
-    def _attend(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
-        size = tuple(x.shape[1:-1])
-        dims = tuple(range(1, len(size) + 1))
+    def _attend(
+        self, x: Tensor, window: Size, mask: Tensor | None, order: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        b, *size, c = x.shape
         x = pad_to_window(x, window)  # (B, *Sp, C)
         padded = tuple(x.shape[1:-1])
-        if any(shift):
-            x = torch.roll(x, shifts=tuple(-s for s in shift), dims=dims)
-        windows = window_partition(x, window)  # (B*nW, N, C)
+        # Cyclic shift + partition, and back, as one gather each (see window_order).
+        windows = reorder_tokens(x.view(b, -1, c), *order).view(-1, math.prod(window), c)  # (B*nW, N, C)
         windows = self.attn(windows, window, mask)  # (B*nW, N, C)
-        x = window_reverse(windows, window, padded)  # (B, *Sp, C)
-        if any(shift):
-            x = torch.roll(x, shifts=shift, dims=dims)
-        if padded != size:
+        x = reorder_tokens(windows.view(b, -1, c), *order[::-1]).view(b, *padded, c)  # (B, *Sp, C)
+        if padded != tuple(size):
             x = x[(slice(None), *(slice(0, s) for s in size))]  # (B, *S, C)
         return x
 
-    def forward(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, window: Size, shift: Size, mask: Tensor | None, order: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """Tensor[B, *S, C] -> Tensor[B, *S, C].
 
         ``window``/``shift`` are the ones in use for this input size (see
         :func:`fit_window`); ``shift`` is ignored by non-shifted blocks and
         ``mask`` is the shift mask for the padded map (None if no shift).
+        ``order`` is this block's :func:`window_order` for the padded map
+        (computed here when not given).
         """
         if not self.shifted:
             shift, mask = (0,) * len(window), None
-        x = self._residual(x, lambda t: self._attend(t, window, shift, mask), self.norm1)
-        return self._residual(x, self.mlp, self.norm2)
+        if order is None:
+            order = window_order(padded_size(tuple(x.shape[1:-1]), window), window, shift, x.device)
+        inference = use_inference_chunks(x) and (not self.training or self.drop_path.p == 0.0)
+        size = tuple(x.shape[1:-1])
+        if inference and padded_size(size, window) == size:
+            x = self._attend_in_chunks(x, window, mask, order[0])
+        else:
+            x = self._residual(x, lambda t: self._attend(t, window, mask, order), self.norm1)
+        if inference:  # the branch's output is a fresh tensor: add the residual in place
+            return self._mlp_branch(x).add_(x)
+        return x + self.drop_path(self._mlp_branch(x))
+
+    def _attend_in_chunks(self, x: Tensor, window: Size, mask: Tensor | None, order: Tensor) -> Tensor:
+        """The attention residual for inference, a few windows at a time (see :func:`.kernels.windowed_residual`)."""
+        b, *size, c = x.shape
+
+        def branch(tokens: Tensor, windows: slice) -> Tensor:
+            m = None if mask is None else mask[windows]
+            if self.post_norm:
+                return self.norm1(self.attn(tokens, window, m))
+            return self.attn(self.norm1(tokens), window, m)
+
+        out = windowed_residual(x.reshape(b, -1, c), order, math.prod(window), branch)  # (B, L, C)
+        return out.view(b, *size, c)
+
+    def _mlp_branch(self, x: Tensor) -> Tensor:
+        """``mlp(norm2(x))`` (pre-norm) or ``norm2(mlp(x))`` (post-norm)."""
+        pre_norm = None if self.post_norm else self.norm2
+        mlp = self.mlp
+        # The fused kernel also serves inference (grad disabled): chunked, no
+        # full-size hidden layer.
+        recompute = (
+            (self.recompute_mlp and torch.is_grad_enabled() or use_inference_chunks(x))
+            and (mlp.drop.p == 0.0 or not self.training)
+            and mlp.act.approximate == "none"
+        )
+        if recompute:
+            norm_args = () if pre_norm is None else (pre_norm.weight, pre_norm.bias, pre_norm.eps)
+            out = recomputed_mlp(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, *norm_args)
+        else:
+            out = mlp(x if pre_norm is None else pre_norm(x))
+        return out if pre_norm is not None else self.norm2(out)
 
 
 class SwinStage(nn.Module):
     """A stage of blocks alternating regular and shifted windows, then optional merging.
 
-    The window/shift in use and the shift mask depend only on the input size;
-    they are computed once per stage forward and the mask is kept per
-    (padded size, window, shift, device) in ``self.mask_cache``.
+    The window/shift in use, the shift mask and the token orders of the
+    window partition depend only on the input size; they are computed once
+    per stage forward and kept per (padded size, window, shift, device) in
+    ``self.mask_cache`` and ``self.order_cache``.
     """
 
     def __init__(
@@ -261,6 +314,17 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim, norm=norm) if downsample else None
         self.mask_cache: dict[tuple, Tensor] = {}
+        self.order_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def _order(self, size: Size, window: Size, shift: Size, device: torch.device) -> tuple[Tensor, Tensor]:
+        padded = padded_size(size, window)
+        key = (padded, window, shift, device)
+        order = self.order_cache.get(key)
+        if order is None:
+            if len(self.order_cache) >= 16:  # bounded, as the masks
+                self.order_cache.pop(next(iter(self.order_cache)))
+            order = self.order_cache[key] = window_order(padded, window, shift, device)
+        return order
 
     def _mask(self, size: Size, window: Size, shift: Size, device: torch.device) -> Tensor | None:
         if not any(shift) or len(self.blocks) < 2:
@@ -279,11 +343,13 @@ class SwinStage(nn.Module):
         size = tuple(x.shape[1:-1])
         window, shift = fit_window(size, self.window_size, self.shift_size)
         mask = self._mask(size, window, shift, x.device)
+        no_shift = (0,) * len(window)
         for block in self.blocks:
+            order = self._order(size, window, shift if block.shifted else no_shift, x.device)
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, window, shift, mask, use_reentrant=False)
+                x = checkpoint(block, x, window, shift, mask, order, use_reentrant=False)
             else:
-                x = block(x, window, shift, mask)
+                x = block(x, window, shift, mask, order)
         if self.downsample is not None:
             x = self.downsample(x)
         return x
@@ -308,6 +374,12 @@ class SwinTransformer(nn.Module):
         head_dropout: dropout before the head (official Video Swin head: 0.5).
         patch_norm: LayerNorm after the patch embedding.
         use_checkpoint: activation checkpointing of every block while training.
+        recompute_mlp: keep only each MLP branch's input for backward and
+            recompute the rest there: 9 of its 10 channels per token, for one
+            more fc1 forward per block.
+        recompute_qkv: keep the attention's input rather than its qkv
+            projection for backward (CPU fast path): 2 channels per token
+            fewer, for one more qkv forward per block.
         attention: ``"dot"`` (V1) or ``"cosine"`` (V2 scaled cosine attention).
         position_bias: ``"table"`` (V1 learned table) or ``"cpb"`` (V2 continuous
             position bias, which holds no per-window weights).
@@ -336,6 +408,8 @@ class SwinTransformer(nn.Module):
         head_dropout: float = 0.0,
         patch_norm: bool = True,
         use_checkpoint: bool = False,
+        recompute_mlp: bool = True,
+        recompute_qkv: bool = True,
         attention: str = "dot",
         position_bias: str = "table",
         norm: str = "pre",
@@ -373,6 +447,8 @@ class SwinTransformer(nn.Module):
                     drop_path=rates[start : start + depth],
                     downsample=i < len(depths) - 1,
                     use_checkpoint=use_checkpoint,
+                    recompute_mlp=recompute_mlp,
+                    recompute_qkv=recompute_qkv,
                     mlp_ratio=mlp_ratio,
                     qkv_bias=qkv_bias,
                     drop=drop_rate,
