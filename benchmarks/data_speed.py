@@ -18,7 +18,9 @@ removes most page faults from all three pipelines.
 ``--workers 1,2`` then measures how a ``torch.utils.data.DataLoader`` over our
 dataset scales: clips/s with each number of worker processes (batch size 1,
 each clip dropped when it arrives), medians over the repetitions, and the
-scaling efficiency, clips/s with N workers / (N x clips/s with 1 worker).
+scaling efficiency, clips/s with N workers / (N x clips/s with 1 worker);
+next to it, N forked processes reading clips on their own (no DataLoader,
+no transfer), which is what this machine allows N processes at most.
 
 Examples:
     python benchmarks/data_speed.py --videos 6 --reps 5
@@ -112,6 +114,32 @@ def loader_scaling(dataset: VideoDataset, workers: list[int], reps: int, times: 
     return {n: statistics.median(r) for n, r in rates.items()}
 
 
+def _read_clips(dataset: VideoDataset, count: int) -> None:
+    for i in range(count):
+        dataset[i % len(dataset)]
+
+
+def independent_processes(dataset: VideoDataset, workers: list[int], reps: int, times: int) -> dict[int, float]:
+    """Median clips/s of N forked processes each reading the clips on its own, no DataLoader: the machine's ceiling."""
+    import multiprocessing  # noqa: PLC0415
+
+    context = multiprocessing.get_context("fork")
+    count = len(dataset) * times
+    rates: dict[int, list[float]] = {n: [] for n in workers if n > 0}
+    for rep in range(reps + 1):
+        for n in rates:
+            dataset.set_epoch(rep)
+            start = time.perf_counter()
+            procs = [context.Process(target=_read_clips, args=(dataset, count)) for _ in range(n)]
+            for proc in procs:
+                proc.start()
+            for proc in procs:
+                proc.join()
+            if rep:
+                rates[n].append(n * count / (time.perf_counter() - start))
+    return {n: statistics.median(r) for n, r in rates.items()}
+
+
 def keep_freed_memory() -> None:
     """Tells glibc malloc to serve large blocks from its heap and not return freed memory to the OS.
 
@@ -166,6 +194,7 @@ def main() -> None:
                     wall[name].append(time.perf_counter() - start_wall)
                     cpu[name].append(time.process_time() - start_cpu)
         loader_rates = loader_scaling(ours, workers, args.reps, args.loader_passes) if workers else {}
+        ceiling = independent_processes(ours, workers, args.reps, args.loader_passes) if workers else {}
     clips = len(ours)
     print(f"{args.videos} videos 340x256, 10 s, 30 fps, gop 60; clip 32x2, crop 224; "
           f"median of {args.reps} reps; torch threads {args.threads}; keep freed memory: {args.keep_freed_memory}\n")
@@ -180,14 +209,16 @@ def main() -> None:
               f"decode share of our time {ms['bare decode'][i] / ms['ours'][i]:.0%}")
 
     if loader_rates:
-        base = loader_rates.get(1)
-        print(f"\nDataLoader over ours, batch 1, {len(ours) * args.loader_passes} clips per repetition "
-              f"({os.cpu_count()} CPUs)\n")
-        print("| workers | clips/s (wall) | vs 1 worker | scaling efficiency |\n|---:|---:|---:|---:|")
+        base, free_base = loader_rates.get(1), ceiling.get(1)
+        print(f"\nDataLoader over ours, batch 1, {len(ours) * args.loader_passes} clips per repetition, and as many "
+              f"independent processes reading on their own ({os.cpu_count()} CPUs)\n")
+        print("| workers | DataLoader clips/s | vs 1 worker | scaling efficiency "
+              "| independent processes clips/s | vs 1 process |\n|---:|---:|---:|---:|---:|---:|")
         for n, rate in loader_rates.items():
             speedup = f"{rate / base:.2f}x" if base else "-"
             efficiency = f"{rate / (n * base):.0%}" if base and n else "-"
-            print(f"| {n} | {rate:.1f} | {speedup} | {efficiency} |")
+            free = f"{ceiling[n]:.1f} | {ceiling[n] / free_base:.2f}x" if n in ceiling and free_base else "- | -"
+            print(f"| {n} | {rate:.1f} | {speedup} | {efficiency} | {free} |")
 
 
 if __name__ == "__main__":
