@@ -21,10 +21,13 @@ each clip dropped when it arrives), medians over the repetitions, and the
 scaling efficiency, clips/s with N workers / (N x clips/s with 1 worker);
 next to it, N forked processes reading clips on their own (no DataLoader,
 no transfer), which is what this machine allows N processes at most.
+``--uint8`` repeats the DataLoader part with the dataset's ``output="uint8"``
+(4x fewer bytes per clip through shared memory), normalising each clip in
+the main process as it arrives.
 
 Examples:
     python benchmarks/data_speed.py --videos 6 --reps 5
-    python benchmarks/data_speed.py --videos 8 --reps 3 --workers 1,2
+    python benchmarks/data_speed.py --videos 6 --reps 3 --workers 0,1,2 --loader-passes 10 --uint8
 """
 
 from __future__ import annotations
@@ -98,8 +101,15 @@ class _Repeated(torch.utils.data.Dataset):
 
 
 def loader_scaling(dataset: VideoDataset, workers: list[int], reps: int, times: int) -> dict[int, float]:
-    """Median clips/s of a DataLoader over ``dataset`` (read ``times`` over) for each worker count."""
+    """Median clips/s of a DataLoader over ``dataset`` (read ``times`` over) for each worker count.
+
+    uint8 clips (``output="uint8"``) are normalised in this process as they
+    arrive, as the trainer does on its device: on a CPU-only machine that work
+    moves from the workers to the main process, and is counted.
+    """
     from torch.utils.data import DataLoader  # noqa: PLC0415
+
+    from video_swin.data import clips_to_float  # noqa: PLC0415
 
     data = _Repeated(dataset, times)
     rates: dict[int, list[float]] = {n: [] for n in workers}
@@ -107,8 +117,8 @@ def loader_scaling(dataset: VideoDataset, workers: list[int], reps: int, times: 
         for n in workers if rep % 2 == 0 else workers[::-1]:
             dataset.set_epoch(rep)  # forked workers take the dataset as it is now
             start = time.perf_counter()
-            for _ in DataLoader(data, batch_size=1, num_workers=n, prefetch_factor=2 if n else None):
-                pass
+            for batch in DataLoader(data, batch_size=1, num_workers=n, prefetch_factor=2 if n else None):
+                clips_to_float(batch["video"])
             if rep:
                 rates[n].append(len(data) / (time.perf_counter() - start))
     return {n: statistics.median(r) for n, r in rates.items()}
@@ -162,6 +172,8 @@ def main() -> None:
     parser.add_argument("--keep-freed-memory", action="store_true", help="glibc: no mmap/trim for large blocks")
     parser.add_argument("--workers", default="", metavar="N,N,...",
                         help="also time a DataLoader with these worker counts, e.g. 1,2 (default: skip)")
+    parser.add_argument("--uint8", action="store_true",
+                        help="DataLoader part: also with output='uint8' (normalised in the main process)")
     parser.add_argument("--loader-passes", type=int, default=4,
                         help="DataLoader part: passes over the videos per repetition (default: 4)")
     args = parser.parse_args()
@@ -194,6 +206,11 @@ def main() -> None:
                     wall[name].append(time.perf_counter() - start_wall)
                     cpu[name].append(time.process_time() - start_cpu)
         loader_rates = loader_scaling(ours, workers, args.reps, args.loader_passes) if workers else {}
+        uint8_rates = {}
+        if workers and args.uint8:
+            ours.transform.output = "uint8"
+            uint8_rates = loader_scaling(ours, workers, args.reps, args.loader_passes)
+            ours.transform.output = "float"
         ceiling = independent_processes(ours, workers, args.reps, args.loader_passes) if workers else {}
     clips = len(ours)
     print(f"{args.videos} videos 340x256, 10 s, 30 fps, gop 60; clip 32x2, crop 224; "
@@ -219,6 +236,13 @@ def main() -> None:
             efficiency = f"{rate / (n * base):.0%}" if base and n else "-"
             free = f"{ceiling[n]:.1f} | {ceiling[n] / free_base:.2f}x" if n in ceiling and free_base else "- | -"
             print(f"| {n} | {rate:.1f} | {speedup} | {efficiency} | {free} |")
+    if uint8_rates:
+        base = loader_rates.get(1)
+        print("\nThe same DataLoader with output='uint8' (clips normalised in the main process as they arrive)\n")
+        print("| workers | clips/s | vs float32 clips, same workers | vs 1 worker sending float32 |\n|---:|---:|---:|---:|")
+        for n, rate in uint8_rates.items():
+            vs_base = f"{rate / base:.2f}x" if base else "-"
+            print(f"| {n} | {rate:.1f} | {rate / loader_rates[n]:.2f}x | {vs_base} |")
 
 
 if __name__ == "__main__":

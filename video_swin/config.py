@@ -59,6 +59,7 @@ class DataConfig:
     classes: str | None = None  # optional class list file (one name per line)
     decoder: str = "decord"  # decord | pyav
     pipeline: str = "native"  # native | pytorchvideo
+    output: str = "float"  # float | uint8: workers send uint8 clips, normalised on the device
     clip_len: int = 32
     frame_interval: int = 2
     crop_size: int = 224
@@ -200,6 +201,7 @@ def validate(cfg: Config) -> None:
     choices = {
         "data.decoder": (cfg.data.decoder, ("decord", "pyav")),
         "data.pipeline": (cfg.data.pipeline, ("native", "pytorchvideo")),
+        "data.output": (cfg.data.output, ("float", "uint8")),
         "train.mixed_precision": (cfg.train.mixed_precision, ("no", "fp16", "bf16")),
         "eval.average": (cfg.eval.average, ("prob", "logit")),
         "model.temporal_init": (cfg.model.temporal_init, ("average", "center")),
@@ -210,6 +212,10 @@ def validate(cfg: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: must be one of {list(allowed)}, got {value!r}")
+    if cfg.data.output == "uint8" and cfg.data.pipeline != "native":
+        raise ConfigError("data.output: uint8 is only available with data.pipeline: native")
+    if cfg.data.output == "uint8" and cfg.data.random_erasing:
+        raise ConfigError("data.output: uint8 cannot be combined with data.random_erasing (it works on float clips)")
     from .models import list_models  # noqa: PLC0415  (imports torch; only once the types are known good)
 
     if cfg.model.name not in list_models():

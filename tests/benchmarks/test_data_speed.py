@@ -10,13 +10,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_smoke_run_with_workers():
     cmd = [sys.executable, str(REPO / "benchmarks" / "data_speed.py"), "--videos", "2", "--reps", "1",
-           "--workers", "0,1", "--loader-passes", "1"]  # fmt: skip
+           "--workers", "0,1", "--loader-passes", "1", "--uint8"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| ours |" in done.stdout and "| pytorchvideo |" in done.stdout
     rows = [line for line in done.stdout.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
-    assert len(rows) == 2 and "| 100% |" in rows[1]
+    assert len(rows) == 4 and "| 100% |" in rows[1]  # float32 rows, then the uint8 rows
 
 
 def test_bad_worker_list_is_one_line_error():

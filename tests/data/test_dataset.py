@@ -135,11 +135,13 @@ def test_training_replaces_broken_videos_and_reports_them(broken_set, caplog):
     assert all(torch.equal(samples[i]["video"], again[i]["video"]) for i in range(3, len(ds)))  # deterministic
 
 
-def test_evaluation_marks_broken_videos_instead_of_dropping_them(broken_set):
+@pytest.mark.parametrize("output", ["float", "uint8"])
+def test_evaluation_marks_broken_videos_instead_of_dropping_them(broken_set, output):
     csv, root = broken_set
-    ds = VideoDataset(csv, root, mode="test", num_clips=2, num_crops=3, max_bad_fraction=1.0, **CLIP)
-    loader = DataLoader(ds, batch_size=4)
+    ds = VideoDataset(csv, root, mode="test", num_clips=2, num_crops=3, max_bad_fraction=1.0, output=output, **CLIP)
+    loader = DataLoader(ds, batch_size=4)  # a batch mixes decoded and zero videos: one dtype for both
     batches = list(loader)
+    assert all(b["video"].dtype == (torch.uint8 if output == "uint8" else torch.float32) for b in batches)
     valid = torch.cat([b["valid"] for b in batches])
     assert valid.tolist() == [True] * 3 + [False] * 6
     assert all(b["video"].shape[1:] == (6, 3, 4, 16, 16) for b in batches)

@@ -122,3 +122,33 @@ def test_invalid_configurations():
         ClipTransform("test", 32, 16)
     with pytest.raises(ValueError, match="mode"):
         ClipTransform("eval", 32, 36)
+
+
+@pytest.mark.parametrize(
+    "mode, options",
+    [("train", {}), ("train", {"rand_augment": (2, 9)}), ("test", {"num_crops": 3}), ("val", {})],
+)
+def test_uint8_output_normalised_later_is_bitwise_the_float_output(mode, options):
+    from video_swin.data import clips_to_float
+
+    clips = _frames(4 * (2 if mode != "train" else 1), 48, 64).view(-1, 4, 48, 64, 3)  # (C, T, H, W, 3)
+    kwargs = dict(num_crops=options.pop("num_crops", 1), **options)
+    as_float = ClipTransform(mode, 32, 36, **kwargs)
+    as_uint8 = ClipTransform(mode, 32, 36, output="uint8", **kwargs)
+    flips = 0
+    for seed in range(6):  # training: both flip outcomes among the seeds
+        ref = as_float(clips, np.random.default_rng(seed))
+        raw = as_uint8(clips, np.random.default_rng(seed))
+        assert raw.dtype == torch.uint8 and raw.shape == ref.shape
+        assert torch.equal(clips_to_float(raw), ref)
+        flips += not torch.equal(raw, as_uint8(clips, np.random.default_rng(100)))
+    assert clips_to_float(ref) is ref  # float clips pass through
+    if mode == "train":
+        assert flips  # the seeds did change the crop/flip
+
+
+def test_uint8_output_refuses_random_erasing():
+    with pytest.raises(ValueError, match="random erasing"):
+        ClipTransform("train", 32, 36, random_erasing=0.25, output="uint8")
+    with pytest.raises(ValueError, match="output"):
+        ClipTransform("train", 32, 36, output="half")

@@ -110,3 +110,13 @@ def test_memory_options_reach_the_model():
     model = model_from_config(cfg, 10)
     block = model.layers[0].blocks[0]
     assert not block.recompute_mlp and not block.attn.recompute_qkv and model.layers[0].use_checkpoint
+
+
+def test_uint8_output_rules():
+    assert load_config("demo.yaml", ["data.output=uint8"]).data.output == "uint8"
+    with pytest.raises(ConfigError, match="data.output"):
+        load_config("demo.yaml", ["data.output=uint8", "data.random_erasing=0.25"])
+    with pytest.raises(ConfigError, match="data.output"):
+        load_config("demo.yaml", ["data.output=uint8", "data.pipeline=pytorchvideo"])
+    with pytest.raises(ConfigError, match="data.output"):
+        load_config("demo.yaml", ["data.output=half"])

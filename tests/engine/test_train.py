@@ -67,3 +67,16 @@ def test_two_processes_log_the_losses_of_one_with_the_global_batch(tiny_data, tm
     (s1, l1), (s2, l2) = zip(*losses(one)), zip(*losses(two))
     assert s1 == s2
     torch.testing.assert_close(torch.tensor(l2), torch.tensor(l1), rtol=1e-4, atol=1e-5)
+
+
+def test_uint8_clips_train_and_evaluate_exactly_as_float_clips(tiny_data, tmp_path):
+    """data.output=uint8 (workers send uint8, the step normalises): the same losses, weights and final top-1."""
+    runs = {}
+    for output in ("float", "uint8"):
+        out = tmp_path / output
+        run_train(tiny_overrides(tiny_data, out, **{"data.output": output, "data.num_workers": 1}))
+        metrics = json.loads((out / "eval" / "metrics.json").read_text())
+        runs[output] = (losses(out), load_file(out / "model.safetensors"), metrics["top1"])
+    (l_f, w_f, top_f), (l_u, w_u, top_u) = runs["float"], runs["uint8"]
+    assert l_u == l_f and top_u == top_f
+    assert w_u.keys() == w_f.keys() and all(torch.equal(w_u[k], w_f[k]) for k in w_f)

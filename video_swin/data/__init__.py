@@ -10,7 +10,7 @@ from .dataset import VideoDataset
 from .decoders import DecodeError, Decoder, get_decoder
 from .demo import DEMO_CLASSES, ensure_demo_data, make_demo_data
 from .pipeline import build_video_dataset
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, clips_to_float
 
 __all__ = [
     "DEMO_CLASSES",
@@ -24,6 +24,7 @@ __all__ = [
     "VideoRecord",
     "build_video_dataset",
     "class_names",
+    "clips_to_float",
     "ensure_demo_data",
     "failed_paths",
     "failed_reasons",

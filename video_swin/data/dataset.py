@@ -96,6 +96,11 @@ class VideoDataset(Dataset):
             a decoder that crashes or hangs on a file costs that file only,
             which is then handled as a broken video (see
             :class:`~video_swin.data.isolated.IsolatedDecoder`).
+        output: ``"float"``: ``"video"`` is normalised float32; ``"uint8"``:
+            cropped, resized and flipped but not normalised, 4x fewer bytes
+            for DataLoader workers to send; :func:`~video_swin.data.clips_to_float`
+            normalises it where it is used (the trainer, evaluation and
+            prediction do so on their device).
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class VideoDataset(Dataset):
         max_attempts: int = 10,
         decoder_threads: int = 1,
         decode_timeout: float | None = None,
+        output: str = "float",
     ) -> None:
         if mode not in ("train", "val", "test"):
             raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
@@ -149,6 +155,7 @@ class VideoDataset(Dataset):
         self.transform = ClipTransform(
             mode, crop_size, short_side, num_crops=num_crops, flip=flip, scale=scale, ratio=ratio,
             rand_augment=rand_augment, random_erasing=random_erasing, mean=mean, std=std, antialias=antialias,
+            output=output,
         )  # fmt: skip
         self._bad: dict[str, str] = {}
 
@@ -189,7 +196,9 @@ class VideoDataset(Dataset):
             except DecodeError as exc:
                 self._record_failure(exc)
                 shape = (self.num_views, 3, self.clip_len, self.crop_size, self.crop_size)
-                return self._sample(index, torch.zeros(shape), valid=False, failed=[self.records[index].path],
+                dtype = torch.uint8 if self.transform.output == "uint8" else torch.float32
+                return self._sample(index, torch.zeros(shape, dtype=dtype), valid=False,
+                                    failed=[self.records[index].path],
                                     reasons=[exc.reason])
             return self._sample(index, video)
         failed: list[str] = []

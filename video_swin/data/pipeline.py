@@ -28,6 +28,8 @@ def build_video_dataset(*args, pipeline: str = "native", **kwargs) -> Dataset | 
     if pipeline == "pytorchvideo":
         from .pytorchvideo_pipeline import PytorchvideoDataset  # noqa: PLC0415  (imports pytorchvideo)
 
+        if kwargs.pop("output", "float") != "float":
+            raise ValueError("output='uint8' is only available in the native pipeline")
         for key in ("max_bad_fraction", "max_attempts", "decoder_threads", "decode_timeout"):
             kwargs.pop(key, None)
         return PytorchvideoDataset(*args, **kwargs)

@@ -27,6 +27,7 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) in pixels
+OUTPUTS = ("float", "uint8")
 
 
 def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -133,6 +134,23 @@ def normalize(clips: torch.Tensor, mean: Sequence[float], std: Sequence[float], 
     return out
 
 
+def clips_to_float(
+    video: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """Normalises uint8 clips where they are (e.g. on the GPU); float clips pass through unchanged.
+
+    The counterpart of ``output="uint8"`` (:class:`ClipTransform`,
+    :class:`~video_swin.data.VideoDataset`): ``Tensor[..., 3, T, H, W]`` uint8
+    to float32 ``(x - mean) / std``, the same arithmetic as :func:`normalize`,
+    so the result is bitwise what ``output="float"`` gives.
+    """
+    if video.dtype != torch.uint8:
+        return video
+    scale = 1.0 / torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
+    shift = -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1) * scale
+    return video.float().mul_(scale.to(video.device)).add_(shift.to(video.device))
+
+
 class ClipTransform:
     """Turns decoded frames into normalised views, train or evaluation recipe.
 
@@ -152,6 +170,10 @@ class ClipTransform:
         mean: Per-channel mean on the 0-255 scale.
         std: Per-channel std on the 0-255 scale.
         antialias: Antialiased resizing (off: OpenCV-like bilinear, as the official pipeline).
+        output: ``"float"`` (normalised float32) or ``"uint8"``: the cropped,
+            resized and flipped views left as uint8, 4x fewer bytes to send
+            from DataLoader workers; :func:`clips_to_float` normalises them
+            later, e.g. on the GPU. Random erasing needs ``"float"``.
     """
 
     def __init__(
@@ -169,9 +191,15 @@ class ClipTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         antialias: bool = False,
+        output: str = "float",
     ) -> None:
         if mode not in ("train", "val", "test"):
             raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if output == "uint8" and random_erasing > 0:
+            raise ValueError("random erasing works on float clips: it needs output='float'")
+        self.output = output
         if num_crops not in (1, 3):
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
         if short_side < crop_size and mode != "train":
@@ -215,7 +243,7 @@ class ClipTransform:
             rng: Randomness for training (crop box, flip, augmentations).
 
         Returns:
-            float32 ``Tensor[C * K, 3, T, S, S]`` (K crops per clip, clip-major)
+            float32 (or with ``output="uint8"`` uint8) ``Tensor[C * K, 3, T, S, S]`` (K crops per clip, clip-major)
             with S = ``crop_size``; in train mode C must be 1 and the result is
             ``Tensor[1, 3, T, S, S]``.
         """
@@ -227,19 +255,28 @@ class ClipTransform:
         views = views.view(len(boxes), num_clips, clip_len, 3, S, S).transpose(0, 1)  # (C, K, T, 3, S, S)
         views = views.reshape(num_clips * len(boxes), clip_len, 3, S, S)  # (V, T, 3, S, S)
         if self.mode != "train":
-            return normalize(views, self.mean, self.std)
+            return self._finish(views)
         if num_clips != 1:
             raise ValueError(f"train mode takes one clip, got {num_clips}")
         flip = self.flip and rng.random() < 0.5
         if self._rand_augment is None and self._erasing is None:
-            return normalize(views, self.mean, self.std, flip=flip)
+            return self._finish(views, flip)
         if flip:
             views = views.flip(-1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**62)))
             if self._rand_augment is not None:
                 views = self._rand_augment(views[0].contiguous())[None]  # one draw for all T frames
+            if self.output == "uint8":
+                return self._finish(views)
             out = normalize(views, self.mean, self.std)  # (1, 3, T, S, S)
             if self._erasing is not None:
                 out = self._erasing(out[0].transpose(0, 1)).transpose(0, 1)[None]  # one box for all frames
         return out.contiguous()
+
+    def _finish(self, views: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        """uint8 ``Tensor[V, T, 3, S, S]`` -> ``Tensor[V, 3, T, S, S]``, normalised float32 or uint8 (``output``)."""
+        if self.output == "float":
+            return normalize(views, self.mean, self.std, flip=flip)
+        views = views.flip(-1) if flip else views
+        return views.transpose(1, 2).contiguous()  # (V, 3, T, S, S) uint8

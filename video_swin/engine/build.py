@@ -55,7 +55,7 @@ def _common_data_args(cfg: Config, classes: Sequence[str] | str | None) -> dict[
     d = cfg.data
     return dict(clip_len=d.clip_len, frame_interval=d.frame_interval, crop_size=d.crop_size, decoder=d.decoder,
                 seed=cfg.seed, classes=classes, pipeline=d.pipeline, max_bad_fraction=d.max_bad_fraction,
-                decode_timeout=d.decode_timeout)
+                decode_timeout=d.decode_timeout, output=d.output)
 
 
 def build_test_dataset(

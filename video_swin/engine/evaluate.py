@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, parse_views
-from ..data import BrokenVideoLog
+from ..data import BrokenVideoLog, clips_to_float
 from .build import (
     build_test_dataset,
     checkpoint_classes,
@@ -83,7 +83,7 @@ def predict_dataset(
     bar = tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False)
     for batch in bar:
         broken.update(batch)  # the dataset enforces data.max_bad_fraction; this names each file once
-        videos = batch["video"]
+        videos = clips_to_float(batch["video"])  # uint8 clips (data.output) normalised on the device
         if videos.ndim == 5:  # single view: (B, 3, T, H, W)
             videos = videos.unsqueeze(1)
         with accelerator.autocast():

@@ -17,6 +17,7 @@ from torch import nn
 from ..checkpoints import CheckpointError
 from ..checkpoints.io import read_sidecar
 from ..config import Config, ConfigError, config_from_dict
+from ..data import clips_to_float
 from ..data.annotations import read_class_file
 from .build import build_test_dataset, load_trained_weights, model_from_config
 from .evaluate import score_views
@@ -121,7 +122,7 @@ def predict_videos(
         if not sample["valid"]:
             results.append(VideoPrediction(path, error=dataset.bad_files.get(sample["path"], "could not be decoded")))
             continue
-        videos = sample["video"][None].to(device)  # (1, V, 3, T, S, S)
+        videos = clips_to_float(sample["video"][None].to(device))  # (1, V, 3, T, S, S)
         scores = score_views(model, videos, cfg.eval.max_views_per_forward, cfg.eval.average)[0]  # (K,)
         probs = scores if cfg.eval.average == "prob" else scores.softmax(-1)
         top = probs.topk(min(top_k, len(classes)))

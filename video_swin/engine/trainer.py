@@ -25,7 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..checkpoints import save_checkpoint
 from ..config import Config, to_dict
-from ..data import BrokenVideoLog, ensure_demo_data
+from ..data import BrokenVideoLog, clips_to_float, ensure_demo_data
 from . import state as states
 from .build import TrainingError, build_datasets, build_model, eval_loader, make_accelerator
 from .evaluate import format_summary, metrics, predict_dataset, run_evaluation
@@ -171,7 +171,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
             for batch in loader:
                 broken.update(batch)
                 with accelerator.accumulate(model):
-                    logits = model(batch["video"])
+                    logits = model(clips_to_float(batch["video"]))  # uint8 clips (data.output) normalised here
                     loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=cfg.train.label_smoothing)
                     losses = accelerator.gather(loss.detach()[None])  # (world,)
                     if torch.isfinite(losses).all():
