@@ -23,7 +23,8 @@ next to it, N forked processes reading clips on their own (no DataLoader,
 no transfer), which is what this machine allows N processes at most.
 ``--uint8`` repeats the DataLoader part with the dataset's ``output="uint8"``
 (4x fewer bytes per clip through shared memory), normalising each clip in
-the main process as it arrives.
+the main process as it arrives, and once more without normalising (what the
+main process does when a GPU normalises).
 
 Examples:
     python benchmarks/data_speed.py --videos 6 --reps 5
@@ -100,12 +101,15 @@ class _Repeated(torch.utils.data.Dataset):
         return self.dataset[i % len(self.dataset)]
 
 
-def loader_scaling(dataset: VideoDataset, workers: list[int], reps: int, times: int) -> dict[int, float]:
+def loader_scaling(
+    dataset: VideoDataset, workers: list[int], reps: int, times: int, normalise: bool = True
+) -> dict[int, float]:
     """Median clips/s of a DataLoader over ``dataset`` (read ``times`` over) for each worker count.
 
     uint8 clips (``output="uint8"``) are normalised in this process as they
     arrive, as the trainer does on its device: on a CPU-only machine that work
-    moves from the workers to the main process, and is counted.
+    moves from the workers to the main process, and is counted (unless
+    ``normalise`` is False: what the main process sees when a GPU does it).
     """
     from torch.utils.data import DataLoader  # noqa: PLC0415
 
@@ -118,7 +122,8 @@ def loader_scaling(dataset: VideoDataset, workers: list[int], reps: int, times: 
             dataset.set_epoch(rep)  # forked workers take the dataset as it is now
             start = time.perf_counter()
             for batch in DataLoader(data, batch_size=1, num_workers=n, prefetch_factor=2 if n else None):
-                clips_to_float(batch["video"])
+                if normalise:
+                    clips_to_float(batch["video"])
             if rep:
                 rates[n].append(len(data) / (time.perf_counter() - start))
     return {n: statistics.median(r) for n, r in rates.items()}
@@ -210,6 +215,7 @@ def main() -> None:
         if workers and args.uint8:
             ours.transform.output = "uint8"
             uint8_rates = loader_scaling(ours, workers, args.reps, args.loader_passes)
+            uint8_bare = loader_scaling(ours, workers, args.reps, args.loader_passes, normalise=False)
             ours.transform.output = "float"
         ceiling = independent_processes(ours, workers, args.reps, args.loader_passes) if workers else {}
     clips = len(ours)
@@ -239,10 +245,12 @@ def main() -> None:
     if uint8_rates:
         base = loader_rates.get(1)
         print("\nThe same DataLoader with output='uint8' (clips normalised in the main process as they arrive)\n")
-        print("| workers | clips/s | vs float32 clips, same workers | vs 1 worker sending float32 |\n|---:|---:|---:|---:|")
+        print("| workers | clips/s | vs float32 clips, same workers | vs 1 worker sending float32 "
+              "| not normalised here (as with a GPU) clips/s | vs 1 worker, same |\n|---:|---:|---:|---:|---:|---:|")
         for n, rate in uint8_rates.items():
             vs_base = f"{rate / base:.2f}x" if base else "-"
-            print(f"| {n} | {rate:.1f} | {rate / loader_rates[n]:.2f}x | {vs_base} |")
+            bare_vs = f"{uint8_bare[n] / uint8_bare[1]:.2f}x" if 1 in uint8_bare else "-"
+            print(f"| {n} | {rate:.1f} | {rate / loader_rates[n]:.2f}x | {vs_base} | {uint8_bare[n]:.1f} | {bare_vs} |")
 
 
 if __name__ == "__main__":
