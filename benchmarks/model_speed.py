@@ -113,6 +113,11 @@ def interleave(steps: dict[str, Callable[[], object]], repeats: int, warmup: int
     return times
 
 
+def medians(times: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds per step of :func:`interleave`'s result."""
+    return {name: {clock: statistics.median(t[clock]) for clock in ("wall", "cpu")} for name, t in times.items()}
+
+
 def summarize(times: dict[str, dict[str, list[float]]]) -> dict[str, float]:
     """Medians per model and clock, the ratio of medians, and the median of the per-repetition ratios."""
     out = {}
@@ -211,7 +216,7 @@ def levers_part(models: dict[str, torch.nn.Module], shape: tuple[int, ...], args
     times = interleave(steps, args.repeats, args.warmup)
     configure(ours, {})
     ours.load_state_dict(weights)
-    return {name: {clock: statistics.median(t[clock]) for clock in ("wall", "cpu")} for name, t in times.items()}
+    return medians(times)
 
 
 # The same for inference: ours with one fast path off at a time.
@@ -237,7 +242,7 @@ def infer_levers_part(models: dict[str, torch.nn.Module], shape: tuple[int, ...]
     steps = {name: (lambda s=switches: ours_step(s)) for name, switches in INFER_LEVERS.items()}
     steps["theirs"] = lambda: infer_step(theirs, x, args.autocast_dtype)
     times = interleave(steps, args.repeats, args.warmup)
-    return {name: {clock: statistics.median(t[clock]) for clock in ("wall", "cpu")} for name, t in times.items()}
+    return medians(times)
 
 
 def rss_kib(field: str) -> int:

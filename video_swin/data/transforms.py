@@ -117,6 +117,15 @@ def resized_crops(frames: torch.Tensor, boxes: Sequence[Box], size: int, antiali
     return torch.stack(views) if len(views) > 1 else views[0][None]  # (V, T, 3, size, size)
 
 
+def _affine(
+    mean: Sequence[float], std: Sequence[float], device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x - mean) / std`` as ``x * scale + shift``: float32 ``Tensor[3, 1, 1]`` each (one definition, so
+    :func:`normalize` and :func:`clips_to_float` give bitwise the same values)."""
+    scale = 1.0 / torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1)
+    return scale, -torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1) * scale
+
+
 def normalize(clips: torch.Tensor, mean: Sequence[float], std: Sequence[float], flip: bool = False) -> torch.Tensor:
     """uint8 ``Tensor[..., T, 3, H, W]`` -> float32 ``Tensor[..., 3, T, H, W]``, ``(x - mean) / std``.
 
@@ -126,8 +135,7 @@ def normalize(clips: torch.Tensor, mean: Sequence[float], std: Sequence[float], 
     """
     x = clips.transpose(-4, -3)  # (..., 3, T, H, W), strided view
     out = torch.empty(x.shape, dtype=torch.float32)
-    scale = 1.0 / torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    shift = -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * scale
+    scale, shift = _affine(mean, std)  # (3, 1, 1)
     for dst, src in zip(out.unbind(-3), x.unbind(-3)):  # (..., 3, H, W) per frame
         dst.copy_(src.flip(-1) if flip else src)
         dst.mul_(scale).add_(shift)
@@ -146,9 +154,8 @@ def clips_to_float(
     """
     if video.dtype != torch.uint8:
         return video
-    scale = 1.0 / torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
-    shift = -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1) * scale
-    return video.float().mul_(scale.to(video.device)).add_(shift.to(video.device))
+    scale, shift = _affine(mean, std, video.device)  # (3, 1, 1)
+    return video.float().mul_(scale.unsqueeze(1)).add_(shift.unsqueeze(1))
 
 
 class ClipTransform:

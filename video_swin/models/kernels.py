@@ -91,16 +91,8 @@ def _cpu_compute_dtype(*tensors: Tensor | None) -> torch.dtype | None:
 
 
 def _plain_cpu(*tensors: Tensor | None) -> bool:
-    """float32 CPU tensors, no autocast, eager mode: where the CPU fast paths apply.
-
-    Under ``torch.compile`` the plain ops are used, so that inductor sees (and
-    fuses) ordinary aten ops.
-    """
-    return (
-        not torch.compiler.is_compiling()
-        and not torch.is_autocast_enabled("cpu")
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors if t is not None)
-    )
+    """float32 CPU tensors, no autocast, eager mode: where the float32-only fast paths (oneDNN linears) apply."""
+    return _cpu_compute_dtype(*tensors) == torch.float32
 
 
 # -- linear layers ------------------------------------------------------------------------
