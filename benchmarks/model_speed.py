@@ -15,6 +15,8 @@ Parts (``--parts``, comma separated; all by default):
   glibc's default malloc settings and once with large blocks returned to the
   system as soon as they are freed (then the peak RSS follows the peak of
   live tensors; the default also counts what the allocator keeps).
+* ``micro``: single kernels against the stock ops they replace (GEMMs,
+  bias gather, bf16 attention, shift + partition), stage-1 sizes.
 * ``scaling``: our inference time per clip at ``--scaling-shape`` and with H
   and W doubled (4x tokens) and T doubled (2x tokens).
 
@@ -245,6 +247,51 @@ def infer_levers_part(models: dict[str, torch.nn.Module], shape: tuple[int, ...]
     return medians(times)
 
 
+def micro_part(args: argparse.Namespace) -> list[dict]:
+    """Single kernels against the stock ops they replace, interleaved, on stage-1 sizes of a 2x3x16x224x224 clip."""
+    from video_swin.models.windows import relative_position_index, window_order, window_partition  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    tokens, c = 2 * 8 * 56 * 56, 96
+    x1, w1, b1 = torch.randn(tokens, c), torch.randn(4 * c, c), torch.randn(4 * c)
+    x2, w2 = torch.randn(tokens, 4 * c), torch.randn(c, 4 * c)
+    index = relative_position_index((8, 7, 7))
+    n, rows = index.shape[0], int(index.max()) + 1
+    table, bias_grad = torch.randn(rows, 12, requires_grad=True), torch.randn(12, n, n)
+    windows, heads = 2 * 64, 3
+    qkv = torch.randn(windows, n, 3 * c).bfloat16()
+    bias = torch.randn(heads, n, n).bfloat16()
+    clip = torch.randn(2, 8, 56, 56, c)
+    order, position = window_order((8, 56, 56), (8, 7, 7), (4, 3, 3))
+
+    def bias_step(fast: bool) -> None:
+        table.grad = None
+        b = kernels.gather_bias(table, index) if fast else table[index.reshape(-1)].view(n, n, 12).permute(2, 0, 1)
+        b.backward(bias_grad)
+
+    pairs = {
+        "fc1 (50176x96 -> 384)": (lambda: kernels._mm(x1, w1, b1, True), lambda: F.linear(x1, w1, b1),
+                                  "oneDNN", "F.linear (MKL)"),
+        "fc2 (50176x384 -> 96)": (lambda: kernels._mm(x2, w2, None, True), lambda: F.linear(x2, w2),
+                                  "oneDNN", "F.linear (MKL)"),
+        "bias gather, forward + backward (8x7x7 window, 12 heads)": (
+            lambda: bias_step(True), lambda: bias_step(False), "gather_bias", "table[index]"),
+        "bf16 attention, 128 windows of 392 tokens, 3 heads": (
+            lambda: kernels._chunked_forward(qkv, bias, None, heads, 0.1, 16),
+            lambda: kernels._flash_forward(qkv, bias, None, heads, 0.1, 64), "chunked bmm", "flash kernel"),
+        "shift + partition of a 2x8x56x56x96 map": (
+            lambda: kernels.reorder_tokens(clip.view(2, -1, c), order, position),
+            lambda: window_partition(torch.roll(clip, (-4, -3, -3), (1, 2, 3)), (8, 7, 7)),
+            "reorder_tokens", "roll + window_partition"),
+    }  # fmt: skip
+    out = []
+    for name, (ours, stock, ours_name, stock_name) in pairs.items():
+        t = medians(interleave({"ours": ours, "stock": stock}, max(args.repeats, 5), max(args.warmup, 1)))
+        out.append({"kernel": name, "ours": ours_name, "stock": stock_name, "ours_ms": 1e3 * t["ours"]["wall"],
+                    "stock_ms": 1e3 * t["stock"]["wall"]})  # fmt: skip
+    return out
+
+
 def rss_kib(field: str) -> int:
     """``VmRSS`` or ``VmHWM`` (peak) of this process from /proc, in KiB."""
     with open("/proc/self/status") as f:
@@ -433,6 +480,11 @@ def print_report(results: dict, args: argparse.Namespace) -> None:
         for name, t in lv.items():
             print(f"| {name} | {t['wall']:.2f} | {t['wall'] / base['wall']:.2f}x | {t['cpu'] / base['cpu']:.2f}x "
                   f"| {lv['theirs']['wall'] / t['wall']:.2f}x |")  # fmt: skip
+    if "micro" in results:
+        print("\n| kernel | ours | ms | replaces | ms | speed-up |\n|---|---|---:|---|---:|---:|")
+        for r in results["micro"]:
+            print(f"| {r['kernel']} | {r['ours']} | {r['ours_ms']:.1f} | {r['stock']} | {r['stock_ms']:.1f} "
+                  f"| {r['stock_ms'] / r['ours_ms']:.2f}x |")  # fmt: skip
     if "scaling" in results:
         print("\n| ours, inference | input | tokens | s/clip (wall) | cost vs base, wall | cost vs base, CPU |")
         print("|---|---|---:|---:|---:|---:|")
@@ -444,7 +496,7 @@ def print_report(results: dict, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="train,infer,memory,scaling",
-                        help="comma-separated subset of train,infer,memory,scaling,levers "
+                        help="comma-separated subset of train,infer,memory,scaling,levers,micro "
                              "(default: all but levers)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per part (default: 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (default: 1)")
@@ -481,7 +533,7 @@ def main() -> None:
         memory_child(args)
         return
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(parts) - {"train", "infer", "memory", "scaling", "levers"}
+    unknown = set(parts) - {"train", "infer", "memory", "scaling", "levers", "micro"}
     if unknown:
         parser.error(f"unknown part(s) {sorted(unknown)}")
     torch.set_num_threads(args.threads)
@@ -502,6 +554,9 @@ def main() -> None:
     if "scaling" in parts:
         results["scaling"] = scaling_part(models["ours"], args.scaling_shape, args)
         print("scaling: done", file=sys.stderr, flush=True)
+    if "micro" in parts:
+        results["micro"] = micro_part(args)
+        print("micro: done", file=sys.stderr, flush=True)
     if "levers" in parts:
         results["levers"] = levers_part(models, args.train_shape, args)
         allocators = args.allocators.split(",")

@@ -16,7 +16,7 @@ SCRIPT = REPO / "benchmarks" / "model_speed.py"
 
 def test_quick_run_reports_every_part(tmp_path):
     out = tmp_path / "figures.json"
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--parts", "train,infer,memory,scaling",
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--parts", "train,infer,memory,scaling,micro",
            "--memory-modes", "train", "--allocators", "default", "--threads", "1", "--json", str(out)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -29,3 +29,4 @@ def test_quick_run_reports_every_part(tmp_path):
     assert memory["ours"]["step_mib"] > 0 and memory["theirs"]["step_mib"] > 0
     assert [row["size"] for row in figures["scaling"]] == ["base", "2x H, 2x W", "2x T"]
     assert "| train | 1x3x2x224x224 |" in done.stdout and "| ours, inference |" in done.stdout
+    assert [row["ours"] for row in figures["micro"]] == ["oneDNN", "oneDNN", "gather_bias", "chunked bmm", "reorder_tokens"]
