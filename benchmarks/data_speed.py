@@ -16,34 +16,40 @@ as wall-clock and as process CPU time (steadier on a shared machine).
 removes most page faults from all three pipelines.
 
 ``--workers 1,2`` then measures how a ``torch.utils.data.DataLoader`` over our
-dataset scales: clips/s with each number of worker processes (batch size 1,
-each clip dropped when it arrives), medians over the repetitions, and the
-scaling efficiency, clips/s with N workers / (N x clips/s with 1 worker);
-next to it, N forked processes reading clips on their own (no DataLoader,
-no transfer), which is what this machine allows N processes at most.
-``--uint8`` repeats the DataLoader part with the dataset's ``output="uint8"``
-(4x fewer bytes per clip through shared memory), normalising each clip in
-the main process as it arrives, and once more without normalising (what the
-main process does when a GPU normalises).
+dataset scales (batch size 1, each clip dropped when it arrives), with torch's
+default collate and with :class:`~video_swin.data.SharedRingCollate` (reused
+shared-memory segments, what the trainer uses): steady-state clips/s with
+each number of worker processes (from the ``2N+1``-th clip on, so the start-up
+of the workers is left out), its ratio to one worker, and the CPU time per clip
+of the main process and of the workers. Next to it, N forked processes each
+reading its share of the clips on its own (no DataLoader, nothing sent): what
+this machine allows N processes at most. ``--uint8`` adds the ring with the
+dataset's ``output="uint8"``, once normalising each clip in the main process
+as it arrives (as the trainer does without a GPU) and once not (what the main
+process does when a GPU normalises).
 
 Examples:
     python benchmarks/data_speed.py --videos 6 --reps 5
-    python benchmarks/data_speed.py --videos 6 --reps 3 --workers 0,1,2 --loader-passes 10 --uint8
+    python benchmarks/data_speed.py --videos 6 --reps 3 --workers 0,1,2 --loader-passes 20 --uint8
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from video_swin.data import VideoDataset
+from video_swin.data.collate import SharedRingCollate
 from video_swin.data.demo import write_video
 from video_swin.data.pytorchvideo_pipeline import PytorchvideoDataset
 from video_swin.data.sampling import train_clip_indices
@@ -101,57 +107,108 @@ class _Repeated(torch.utils.data.Dataset):
         return self.dataset[i % len(self.dataset)]
 
 
-def loader_scaling(
-    dataset: VideoDataset, workers: list[int], reps: int, times: int, normalise: bool = True
-) -> dict[int, float]:
-    """Median clips/s of a DataLoader over ``dataset`` (read ``times`` over) for each worker count.
+@dataclass
+class LoaderRun:
+    """Medians of one DataLoader variant: steady-state clips/s and CPU per clip in the main process and the workers."""
 
-    uint8 clips (``output="uint8"``) are normalised in this process as they
-    arrive, as the trainer does on its device: on a CPU-only machine that work
-    moves from the workers to the main process, and is counted (unless
-    ``normalise`` is False: what the main process sees when a GPU does it).
+    rate: float
+    main_ms: float
+    workers_ms: float
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _steady_rate(stamps: list[float], skip: int) -> float:
+    """Clips/s between the ``skip``-th clip and the last: worker start-up and the first fill of the queue left out.
+
+    ``stamps`` are the start and the time each clip arrived; with too few
+    clips to leave ``skip`` out (a smoke run) every clip counts.
+    """
+    skip = skip if len(stamps) > skip + 2 else 0
+    return (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip])
+
+
+def loader_scaling(
+    dataset: VideoDataset, workers: list[int], reps: int, times: int, variants: dict[str, dict]
+) -> dict[tuple[str, int], LoaderRun]:
+    """Each DataLoader variant with each worker count over ``dataset`` read ``times`` over, interleaved.
+
+    A variant is ``{"output": "float"|"uint8", "ring": bool, "normalise": bool}``:
+    the dataset's output dtype, :class:`SharedRingCollate` or torch's default
+    collate, and whether uint8 clips are normalised in this process as they
+    arrive (what the trainer does on a CPU-only machine; with a GPU it happens
+    there). The rate counts clips from the ``2 x workers + 1``-th on, so the
+    workers' start-up and the first fill of the prefetch queue are left out;
+    CPU time counts everything, start-up included, per clip.
     """
     from torch.utils.data import DataLoader  # noqa: PLC0415
 
     from video_swin.data import clips_to_float  # noqa: PLC0415
 
     data = _Repeated(dataset, times)
-    rates: dict[int, list[float]] = {n: [] for n in workers}
+    runs: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     for rep in range(reps + 1):  # repetition 0 warms up and is dropped
-        for n in workers if rep % 2 == 0 else workers[::-1]:
+        order = [(name, n) for n in workers for name, v in variants.items() if n or not v["ring"]]
+        for name, n in order if rep % 2 == 0 else order[::-1]:
+            variant = variants[name]
+            dataset.transform.output = variant["output"]
             dataset.set_epoch(rep)  # forked workers take the dataset as it is now
-            start = time.perf_counter()
-            for batch in DataLoader(data, batch_size=1, num_workers=n, prefetch_factor=2 if n else None):
-                if normalise:
+            collate = SharedRingCollate() if variant["ring"] else None
+            stamps = [time.perf_counter()]
+            main_cpu, workers_cpu = time.process_time(), _children_cpu()
+            loader = DataLoader(data, batch_size=1, num_workers=n, prefetch_factor=2 if n else None,
+                                collate_fn=collate)  # fmt: skip
+            for batch in loader:
+                if variant["normalise"] and batch["video"].dtype == torch.uint8:
                     clips_to_float(batch["video"])
+                del batch
+                stamps.append(time.perf_counter())
+            del loader  # workers joined: their CPU time is in RUSAGE_CHILDREN
+            main_cpu, workers_cpu = time.process_time() - main_cpu, _children_cpu() - workers_cpu
             if rep:
-                rates[n].append(len(data) / (time.perf_counter() - start))
-    return {n: statistics.median(r) for n, r in rates.items()}
+                runs.setdefault((name, n), []).append(
+                    (_steady_rate(stamps, 2 * n + 1), 1000 * main_cpu / len(data), 1000 * workers_cpu / len(data))
+                )
+    dataset.transform.output = "float"
+    return {key: LoaderRun(*(statistics.median(r[i] for r in rs) for i in range(3))) for key, rs in runs.items()}
 
 
-def _read_clips(dataset: VideoDataset, count: int) -> None:
+def _read_clips(dataset: VideoDataset, count: int, skip: int, results: Any) -> None:
+    stamps = [time.perf_counter()]
     for i in range(count):
         dataset[i % len(dataset)]
+        stamps.append(time.perf_counter())
+    results.put(_steady_rate(stamps, skip))
 
 
 def independent_processes(dataset: VideoDataset, workers: list[int], reps: int, times: int) -> dict[int, float]:
-    """Median clips/s of N forked processes each reading the clips on its own, no DataLoader: the machine's ceiling."""
+    """Median clips/s of N forked processes each reading its share of the clips on its own, no DataLoader.
+
+    What the machine allows N processes at most: each process reads
+    ``len(dataset) x times / N`` clips (as a worker would), and the rate is
+    counted the same way as the DataLoader's, over the time all processes
+    were past their first 2 clips.
+    """
     import multiprocessing  # noqa: PLC0415
 
     context = multiprocessing.get_context("fork")
-    count = len(dataset) * times
     rates: dict[int, list[float]] = {n: [] for n in workers if n > 0}
     for rep in range(reps + 1):
         for n in rates:
             dataset.set_epoch(rep)
-            start = time.perf_counter()
-            procs = [context.Process(target=_read_clips, args=(dataset, count)) for _ in range(n)]
+            results = context.Queue()
+            count = max(1, len(dataset) * times // n)
+            procs = [context.Process(target=_read_clips, args=(dataset, count, 2, results)) for _ in range(n)]
             for proc in procs:
                 proc.start()
+            done = [results.get() for _ in procs]
             for proc in procs:
                 proc.join()
-            if rep:
-                rates[n].append(n * count / (time.perf_counter() - start))
+            if rep:  # the processes run side by side: their rates add up
+                rates[n].append(sum(done))
     return {n: statistics.median(r) for n, r in rates.items()}
 
 
@@ -210,13 +267,12 @@ def main() -> None:
                 if rep:
                     wall[name].append(time.perf_counter() - start_wall)
                     cpu[name].append(time.process_time() - start_cpu)
-        loader_rates = loader_scaling(ours, workers, args.reps, args.loader_passes) if workers else {}
-        uint8_rates = {}
-        if workers and args.uint8:
-            ours.transform.output = "uint8"
-            uint8_rates = loader_scaling(ours, workers, args.reps, args.loader_passes)
-            uint8_bare = loader_scaling(ours, workers, args.reps, args.loader_passes, normalise=False)
-            ours.transform.output = "float"
+        variants = {"float32, default collate": {"output": "float", "ring": False, "normalise": False},
+                    "float32, ring": {"output": "float", "ring": True, "normalise": False}}
+        if args.uint8:
+            variants["uint8, ring, normalised here"] = {"output": "uint8", "ring": True, "normalise": True}
+            variants["uint8, ring"] = {"output": "uint8", "ring": True, "normalise": False}
+        loader = loader_scaling(ours, workers, args.reps, args.loader_passes, variants) if workers else {}
         ceiling = independent_processes(ours, workers, args.reps, args.loader_passes) if workers else {}
     clips = len(ours)
     print(f"{args.videos} videos 340x256, 10 s, 30 fps, gop 60; clip 32x2, crop 224; "
@@ -231,26 +287,25 @@ def main() -> None:
         print(f"\n{kind}: ours / pytorchvideo speed {ms['pytorchvideo'][i] / ms['ours'][i]:.2f}x, "
               f"decode share of our time {ms['bare decode'][i] / ms['ours'][i]:.0%}")
 
-    if loader_rates:
-        base, free_base = loader_rates.get(1), ceiling.get(1)
-        print(f"\nDataLoader over ours, batch 1, {len(ours) * args.loader_passes} clips per repetition, and as many "
-              f"independent processes reading on their own ({os.cpu_count()} CPUs)\n")
-        print("| workers | DataLoader clips/s | vs 1 worker | scaling efficiency "
-              "| independent processes clips/s | vs 1 process |\n|---:|---:|---:|---:|---:|---:|")
-        for n, rate in loader_rates.items():
-            speedup = f"{rate / base:.2f}x" if base else "-"
-            efficiency = f"{rate / (n * base):.0%}" if base and n else "-"
-            free = f"{ceiling[n]:.1f} | {ceiling[n] / free_base:.2f}x" if n in ceiling and free_base else "- | -"
-            print(f"| {n} | {rate:.1f} | {speedup} | {efficiency} | {free} |")
-    if uint8_rates:
-        base = loader_rates.get(1)
-        print("\nThe same DataLoader with output='uint8' (clips normalised in the main process as they arrive)\n")
-        print("| workers | clips/s | vs float32 clips, same workers | vs 1 worker sending float32 "
-              "| not normalised here (as with a GPU) clips/s | vs 1 worker, same |\n|---:|---:|---:|---:|---:|---:|")
-        for n, rate in uint8_rates.items():
-            vs_base = f"{rate / base:.2f}x" if base else "-"
-            bare_vs = f"{uint8_bare[n] / uint8_bare[1]:.2f}x" if 1 in uint8_bare else "-"
-            print(f"| {n} | {rate:.1f} | {rate / loader_rates[n]:.2f}x | {vs_base} | {uint8_bare[n]:.1f} | {bare_vs} |")
+    if loader:
+        print(f"\nDataLoader over ours, batch 1, {len(ours) * args.loader_passes} clips per repetition, "
+              f"steady state; and as many independent processes reading their share ({os.cpu_count()} CPUs)\n")
+        names = list(variants)
+        print("| workers | independent processes clips/s | " + " | ".join(f"{v} clips/s | vs 1 worker" for v in names)
+              + " |\n|---:|---:|" + "---:|---:|" * len(names))
+        for n in workers:
+            free = f"{ceiling[n]:.1f} ({ceiling[n] / ceiling[1]:.2f}x)" if n in ceiling and 1 in ceiling else "-"
+            cells = []
+            for v in names:
+                run, one = loader.get((v, n)), loader.get((v, 1))
+                cells.append(f"{run.rate:.1f} | {run.rate / one.rate:.2f}x" if run and one and n else
+                             f"{run.rate:.1f} | -" if run else "- | -")
+            print(f"| {n} | {free} | " + " | ".join(cells) + " |")
+        print("\nCPU per clip, ms: main process / workers (start-up included)\n")
+        print("| workers | " + " | ".join(names) + " |\n|---:|" + "---:|" * len(names))
+        for n in workers:
+            cells = [f"{r.main_ms:.1f} / {r.workers_ms:.1f}" if (r := loader.get((v, n))) else "-" for v in names]
+            print(f"| {n} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ class DataConfig:
     # (handled as a broken video), not the run. null: decode in the worker itself.
     decode_timeout: float | None = 60.0
     num_workers: int = 4
+    # Shared-memory batch buffers per DataLoader worker, filled again once a batch is
+    # freed (SharedRingCollate); 0: torch's default collate (a new segment per batch).
+    shm_slots: int = 4
     generate_demo: bool = False  # write the demo dataset to `root` if it is missing
 
 
@@ -229,7 +232,7 @@ def validate(cfg: Config) -> None:
                 "train.max_nonfinite_steps", "data.decode_timeout"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
-    for key in ("data.num_workers", "optim.weight_decay", "sched.warmup_epochs", "sched.min_lr",
+    for key in ("data.num_workers", "data.shm_slots", "optim.weight_decay", "sched.warmup_epochs", "sched.min_lr",
                 "eval.every_epochs", "optim.backbone_lr_mult", "model.drop_path_rate", "model.head_dropout"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name), allow_zero=True)

@@ -15,8 +15,10 @@ def test_smoke_run_with_workers():
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| ours |" in done.stdout and "| pytorchvideo |" in done.stdout
+    assert "float32, ring clips/s" in done.stdout and "uint8, ring clips/s" in done.stdout
     rows = [line for line in done.stdout.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
-    assert len(rows) == 4 and "| 100% |" in rows[1]  # float32 rows, then the uint8 rows
+    assert len(rows) == 4  # clips/s with 0 and 1 worker, then CPU per clip
+    assert rows[1].count("| 1.00x |") == 4  # each variant against its own 1 worker
 
 
 def test_bad_worker_list_is_one_line_error():

@@ -120,3 +120,16 @@ def test_uint8_output_rules():
         load_config("demo.yaml", ["data.output=uint8", "data.pipeline=pytorchvideo"])
     with pytest.raises(ConfigError, match="data.output"):
         load_config("demo.yaml", ["data.output=half"])
+
+
+def test_shm_slots_pick_the_collate():
+    from video_swin.data import SharedRingCollate
+    from video_swin.engine.build import collate_fn
+
+    ring = collate_fn(load_config("demo.yaml"))  # the default: 4 segments per worker
+    assert isinstance(ring, SharedRingCollate) and ring.slots == 4
+    assert collate_fn(load_config("demo.yaml", ["data.shm_slots=2"])).slots == 2
+    assert collate_fn(load_config("demo.yaml", ["data.shm_slots=0"])) is None  # torch's default collate
+    assert collate_fn(load_config("demo.yaml", ["data.num_workers=0"])) is None  # nothing crosses processes
+    with pytest.raises(ConfigError, match=r"data\.shm_slots"):
+        load_config("demo.yaml", ["data.shm_slots=-1"])

@@ -69,14 +69,18 @@ def test_two_processes_log_the_losses_of_one_with_the_global_batch(tiny_data, tm
     torch.testing.assert_close(torch.tensor(l2), torch.tensor(l1), rtol=1e-4, atol=1e-5)
 
 
-def test_uint8_clips_train_and_evaluate_exactly_as_float_clips(tiny_data, tmp_path):
-    """data.output=uint8 (workers send uint8, the step normalises): the same losses, weights and final top-1."""
+def test_uint8_clips_and_the_default_collate_train_and_evaluate_exactly_alike(tiny_data, tmp_path):
+    """data.output=uint8 (workers send uint8, the step normalises) and data.shm_slots=0 (torch's default
+    collate instead of the reused shared-memory ring): the same losses, weights and final top-1."""
     runs = {}
-    for output in ("float", "uint8"):
-        out = tmp_path / output
-        run_train(tiny_overrides(tiny_data, out, **{"data.output": output, "data.num_workers": 1}))
+    for name, sets in {"float": {"data.output": "float"}, "uint8": {"data.output": "uint8"},
+                       "default collate": {"data.output": "float", "data.shm_slots": 0}}.items():  # fmt: skip
+        out = tmp_path / name.replace(" ", "_")
+        run_train(tiny_overrides(tiny_data, out, **{**sets, "data.num_workers": 1}))
         metrics = json.loads((out / "eval" / "metrics.json").read_text())
-        runs[output] = (losses(out), load_file(out / "model.safetensors"), metrics["top1"])
-    (l_f, w_f, top_f), (l_u, w_u, top_u) = runs["float"], runs["uint8"]
-    assert l_u == l_f and top_u == top_f
-    assert w_u.keys() == w_f.keys() and all(torch.equal(w_u[k], w_f[k]) for k in w_f)
+        runs[name] = (losses(out), load_file(out / "model.safetensors"), metrics["top1"])
+    l_f, w_f, top_f = runs["float"]
+    for name in ("uint8", "default collate"):
+        l_o, w_o, top_o = runs[name]
+        assert l_o == l_f and top_o == top_f, name
+        assert w_o.keys() == w_f.keys() and all(torch.equal(w_o[k], w_f[k]) for k in w_f), name

@@ -1,4 +1,4 @@
-"""Kinetics-style video data: annotations, decoders, clip sampling, transforms, datasets, demo data.
+"""Kinetics-style video data: annotations, decoders, clip sampling, transforms, datasets, batching, demo data.
 
 Importing this package imports neither decord nor PyAV nor pytorchvideo; each
 is loaded the first time it is used.
@@ -6,6 +6,7 @@ is loaded the first time it is used.
 
 from .annotations import VideoRecord, class_names, read_annotations
 from .broken import BrokenVideoLog, TooManyBrokenVideos, failed_paths, failed_reasons
+from .collate import SharedRingCollate
 from .dataset import VideoDataset
 from .decoders import DecodeError, Decoder, get_decoder
 from .demo import DEMO_CLASSES, ensure_demo_data, make_demo_data
@@ -19,6 +20,7 @@ __all__ = [
     "BrokenVideoLog",
     "DecodeError",
     "Decoder",
+    "SharedRingCollate",
     "TooManyBrokenVideos",
     "VideoDataset",
     "VideoRecord",

@@ -17,7 +17,7 @@ from ..checkpoints import CheckpointError, inflate_image_checkpoint, load_checkp
 from ..checkpoints.formats import to_canonical
 from ..checkpoints.io import read_sidecar
 from ..config import Config, ConfigError, parse_views
-from ..data import build_video_dataset, class_names
+from ..data import SharedRingCollate, build_video_dataset, class_names
 from ..data.annotations import read_class_file
 from ..models import create_model
 
@@ -99,7 +99,13 @@ def eval_loader(ds: Any, cfg: Config) -> DataLoader:
     # Worker seeds come from this generator, not the global RNG, so that an
     # evaluation in the middle of training leaves the model's RNG stream alone.
     return DataLoader(ds, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
-                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed))
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed),
+                      collate_fn=collate_fn(cfg))
+
+
+def collate_fn(cfg: Config) -> SharedRingCollate | None:
+    """The loaders' ``collate_fn``: a ring of ``data.shm_slots`` reused buffers per worker, or torch's default."""
+    return SharedRingCollate(cfg.data.shm_slots) if cfg.data.shm_slots and cfg.data.num_workers else None
 
 
 def model_from_config(cfg: Config, num_classes: int) -> nn.Module:

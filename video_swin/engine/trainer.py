@@ -27,7 +27,7 @@ from ..checkpoints import save_checkpoint
 from ..config import Config, to_dict
 from ..data import BrokenVideoLog, clips_to_float, ensure_demo_data
 from . import state as states
-from .build import TrainingError, build_datasets, build_model, eval_loader, make_accelerator
+from .build import TrainingError, build_datasets, build_model, collate_fn, eval_loader, make_accelerator
 from .evaluate import format_summary, metrics, predict_dataset, run_evaluation
 from .optim import build_optimizer, lr_factor, set_lr
 from .plots import plot_curves
@@ -54,7 +54,7 @@ class EpochSampler(Sampler[int]):
 
 def _train_loader(ds: Any, cfg: Config) -> DataLoader:
     kwargs: dict[str, Any] = dict(batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
-                                  pin_memory=torch.cuda.is_available(), drop_last=True)
+                                  pin_memory=torch.cuda.is_available(), drop_last=True, collate_fn=collate_fn(cfg))
     # Iterator seeds come from this generator, not the global RNG, so that
     # creating a loader mid-run (resume) leaves the model's RNG stream alone.
     kwargs["generator"] = torch.Generator().manual_seed(cfg.seed)
