@@ -188,9 +188,9 @@ def independent_processes(dataset: VideoDataset, workers: list[int], reps: int, 
     """Median clips/s of N forked processes each reading its share of the clips on its own, no DataLoader.
 
     What the machine allows N processes at most: each process reads
-    ``len(dataset) x times / N`` clips (as a worker would), and the rate is
-    counted the same way as the DataLoader's, over the time all processes
-    were past their first 2 clips.
+    ``len(dataset) x times / N`` clips (as a worker would) and counts its own
+    rate from its 3rd clip on (start-up left out, as for the DataLoader); the
+    processes run side by side, so their rates add up.
     """
     import multiprocessing  # noqa: PLC0415
 
@@ -235,7 +235,7 @@ def main() -> None:
     parser.add_argument("--workers", default="", metavar="N,N,...",
                         help="also time a DataLoader with these worker counts, e.g. 1,2 (default: skip)")
     parser.add_argument("--uint8", action="store_true",
-                        help="DataLoader part: also with output='uint8' (normalised in the main process)")
+                        help="DataLoader part: also output='uint8' through the ring, normalised here and not")
     parser.add_argument("--loader-passes", type=int, default=4,
                         help="DataLoader part: passes over the videos per repetition (default: 4)")
     args = parser.parse_args()

@@ -33,13 +33,12 @@ import datetime
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_speed import build_models, parse_shape, shape_text  # noqa: E402
+from model_speed import build_models, interleave, parse_shape, shape_text, train_step  # noqa: E402
 
 import video_swin  # noqa: E402
 from video_swin.models.flops import count_flops  # noqa: E402
@@ -51,14 +50,6 @@ QUICK = {"train_shape": "1x3x4x64x64", "batch_shape": "1x3x4x64x64", "repeats": 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    optimizer.step()
 
 
 def peak_tflops(device: torch.device, given: float | None) -> tuple[float | None, str]:
@@ -78,25 +69,20 @@ def train_part(args: argparse.Namespace, device: torch.device) -> dict:
     x = torch.randn(args.train_shape, device=device)
     y = torch.randint(0, 400, (args.train_shape[0],), device=device)
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
-    times: dict[str, list[float]] = {name: [] for name in models}
-    names = list(models)
-    for rep in range(args.warmup + args.repeats):
-        for name in names if rep % 2 == 0 else names[::-1]:
-            sync(device)
-            start = time.perf_counter()
-            train_step(models[name], optimizers[name], x, y)
-            sync(device)
-            if rep >= args.warmup:
-                times[name].append(time.perf_counter() - start)
+    def step(name: str) -> None:  # timed up to the GPU's end of the step; the previous step ended the same way
+        train_step(models[name], optimizers[name], x, y, torch.bfloat16)
+        sync(device)
+
+    times = {name: t["wall"] for name, t in interleave({n: lambda n=n: step(n) for n in models}, args.repeats,
+                                                        args.warmup).items()}  # fmt: skip
     out = {name: statistics.median(t) for name, t in times.items()}
     out["ratio"] = out["theirs"] / out["ours"]
     out["pair_ratio"] = statistics.median(t / o for o, t in zip(times["ours"], times["theirs"], strict=True))
     if device.type == "cuda":
-        for name in names:
+        for name in models:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-            train_step(models[name], optimizers[name], x, y)
-            sync(device)
+            step(name)
             out[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         out["memory_ratio"] = out["ours_peak_gib"] / out["theirs_peak_gib"]
     macs = count_flops(models["ours"].float().eval(), x[:1].float())
@@ -109,7 +95,7 @@ def fits(name: str, shape: tuple[int, ...], checkpoint: bool, device: torch.devi
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     try:
         x = torch.randn(shape, device=device)
-        train_step(model, optimizer, x, torch.zeros(shape[0], dtype=torch.long, device=device))
+        train_step(model, optimizer, x, torch.zeros(shape[0], dtype=torch.long, device=device), torch.bfloat16)
         sync(device)
         return True
     except torch.cuda.OutOfMemoryError:

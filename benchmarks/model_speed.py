@@ -90,7 +90,7 @@ def build_models(ours_options: dict, *, compile_ours: bool = False) -> dict[str,
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                autocast: torch.dtype | None) -> None:  # fmt: skip
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+    with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
         loss = F.cross_entropy(model(x), y)
     loss.backward()
     optimizer.step()

@@ -53,9 +53,6 @@ class _Stack:
         self.shape = (len(tensors), *tensors[0].shape)
         self.dtype, self.device = tensors[0].dtype, tensors[0].device
 
-    def nbytes(self) -> int:
-        return torch.Size(self.shape).numel() * self.dtype.itemsize
-
     def default(self) -> torch.Tensor:
         return collate_tensor_fn(self.tensors)
 
@@ -95,14 +92,31 @@ def _map_leaves(obj: Any, fn: Any) -> Any:
     return obj
 
 
+def _default(leaf: _Stack | torch.Tensor) -> torch.Tensor:
+    """The leaf as the default collate makes it (stacked into a new shared-memory tensor in a worker)."""
+    return leaf.default() if isinstance(leaf, _Stack) else leaf
+
+
 def _materialise(obj: Any) -> Any:
-    return _map_leaves(obj, lambda leaf: leaf.default() if isinstance(leaf, _Stack) else leaf)
+    return _map_leaves(obj, _default)
+
+
+Layout = list[tuple[int, tuple[int, ...], torch.dtype]]  # (byte offset in the segment, shape, dtype) per tensor
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return torch.Size(shape).numel() * dtype.itemsize
+
+
+def _view(flat: torch.Tensor, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """The tensor of ``shape`` and ``dtype`` at byte ``offset`` of the uint8 tensor ``flat``."""
+    return flat[offset : offset + _nbytes(shape, dtype)].view(dtype).view(shape)
 
 
 class _RingBatch:
     """A batch whose tensors lie in one ring segment; unpickles (in the main process) as the batch itself."""
 
-    def __init__(self, structure: Any, segment: torch.Tensor, layout: list[tuple[int, tuple[int, ...], torch.dtype]]):
+    def __init__(self, structure: Any, segment: torch.Tensor, layout: Layout) -> None:
         self.structure, self.segment, self.layout = structure, segment, layout
 
     def __reduce__(self) -> tuple:
@@ -113,13 +127,12 @@ def _release(header: torch.Tensor) -> None:
     header.zero_()
 
 
-def _unpack(structure: Any, segment: torch.Tensor, layout: list[tuple[int, tuple[int, ...], torch.dtype]]) -> Any:
+def _unpack(structure: Any, segment: torch.Tensor, layout: Layout) -> Any:
     """The batch, its tensors viewing ``segment``; the segment is freed for reuse when they are all gone."""
     array = segment.numpy()
     weakref.finalize(array, _release, segment[:1])
     base = torch.from_numpy(array)
-    tensors = [base[offset : offset + torch.Size(shape).numel() * dtype.itemsize].view(dtype).view(shape)
-               for offset, shape, dtype in layout]  # fmt: skip
+    tensors = [_view(base, *entry) for entry in layout]
     return _map_leaves(structure, lambda leaf: tensors[leaf.index] if isinstance(leaf, _Leaf) else leaf)
 
 
@@ -153,18 +166,17 @@ class SharedRingCollate:
         """A free segment of at least ``nbytes`` payload bytes, marked in use; None when all are in use."""
         if self._pid != os.getpid():  # a forked worker must not share its parent's ring
             self._ring, self._pid = [], os.getpid()
-        for i, segment in enumerate(self._ring):
-            if segment[0].item() == 0:
-                if segment.numel() < _HEADER + nbytes:
-                    segment = self._ring[i] = _new_segment(nbytes)
-                segment[0] = 1
-                return segment
-        if len(self._ring) < self.slots:
-            segment = _new_segment(nbytes)
-            self._ring.append(segment)
-            segment[0] = 1
-            return segment
-        return None
+        free = next((i for i, segment in enumerate(self._ring) if segment[0].item() == 0), None)
+        if free is None:
+            if len(self._ring) == self.slots:
+                return None
+            free = len(self._ring)
+            self._ring.append(_new_segment(nbytes))
+        elif self._ring[free].numel() < _HEADER + nbytes:  # a larger batch than this segment had
+            self._ring[free] = _new_segment(nbytes)
+        segment = self._ring[free]
+        segment[0] = 1
+        return segment
 
     def __call__(self, samples: Sequence[Any]) -> Any:
         if get_worker_info() is None:
@@ -174,35 +186,29 @@ class SharedRingCollate:
 
         def collect(leaf: Any) -> Any:
             if leaf.dtype not in _VIEWABLE or leaf.device.type != "cpu":
-                return leaf.default() if isinstance(leaf, _Stack) else leaf
+                return _default(leaf)
             leaves.append(leaf)
             return _Leaf(len(leaves) - 1)
 
         structure = _map_leaves(deferred, collect)
-        offsets, end = [], 0
-        for leaf in leaves:
-            offsets.append(end)
-            end += -(-_nbytes(leaf) // _ALIGN) * _ALIGN
         if not leaves:
             return _materialise(deferred)
-        segment = self._segment(end)
+        layout: Layout = []
+        end = _HEADER
+        for leaf in leaves:
+            shape = tuple(leaf.shape)
+            layout.append((end, shape, leaf.dtype))
+            end += -(-_nbytes(shape, leaf.dtype) // _ALIGN) * _ALIGN
+        segment = self._segment(end - _HEADER)
         if segment is None:  # every segment in use: a fresh one, the default way
             return _materialise(deferred)
-        payload = segment[_HEADER:]
-        layout = []
-        for leaf, offset in zip(leaves, offsets, strict=True):
-            shape = tuple(leaf.shape)
-            out = payload[offset : offset + _nbytes(leaf)].view(leaf.dtype).view(shape)
+        for leaf, entry in zip(leaves, layout, strict=True):
+            out = _view(segment, *entry)
             if isinstance(leaf, _Stack):
                 torch.stack(leaf.tensors, 0, out=out)
             else:
                 out.copy_(leaf)
-            layout.append((_HEADER + offset, shape, leaf.dtype))
-        return _RingBatch(structure, segment[: _HEADER + end], layout)
-
-
-def _nbytes(leaf: _Stack | torch.Tensor) -> int:
-    return leaf.nbytes() if isinstance(leaf, _Stack) else leaf.numel() * leaf.element_size()
+        return _RingBatch(structure, segment[:end], layout)
 
 
 def _new_segment(nbytes: int) -> torch.Tensor:
