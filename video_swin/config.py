@@ -19,11 +19,9 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config file or override; the message names the key or path."""
 
 
 @dataclass

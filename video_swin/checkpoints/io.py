@@ -20,14 +20,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..errors import CheckpointError
+
 StateDict = dict[str, Tensor]
 # Containers that wrap the weights in the common formats: mmaction ("state_dict"),
 # official Microsoft Swin ("model"), DeepSpeed/DDP dumps ("module"), ours ("model_state").
 _WRAPPERS = ("state_dict", "model", "module", "model_state")
-
-
-class CheckpointError(ValueError):
-    """A weight file that cannot be used, with the reason."""
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:

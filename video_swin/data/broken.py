@@ -12,32 +12,13 @@ with its reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
+
+from ..errors import TooManyBrokenVideos
 
 logger = logging.getLogger(__name__)
 
 _MAX_LISTED = 10
-
-
-class TooManyBrokenVideos(RuntimeError):
-    """More videos failed to decode than ``max_bad_fraction`` allows.
-
-    Attributes:
-        paths: The failed paths seen so far (first ones first).
-    """
-
-    def __init__(
-        self, paths: Sequence[str], num_videos: int, max_bad_fraction: float, reasons: Mapping[str, str] | None = None
-    ) -> None:
-        self.paths = list(paths)
-        reasons = reasons or {}
-        listed = "\n  ".join(f"{p} ({reasons[p]})" if reasons.get(p) else p for p in self.paths[:_MAX_LISTED])
-        more = f"\n  ... and {len(self.paths) - _MAX_LISTED} more" if len(self.paths) > _MAX_LISTED else ""
-        super().__init__(
-            f"{len(self.paths)} of {num_videos} videos could not be decoded, more than "
-            f"max_bad_fraction={max_bad_fraction:g} allows; first:\n  {listed}{more}\n"
-            "Fix or remove these files, or raise data.max_bad_fraction."
-        )
 
 
 def too_many(num_bad: int, num_videos: int, max_bad_fraction: float) -> bool:

@@ -27,25 +27,13 @@ import numpy as np
 import torch
 import torch.utils.dlpack
 
+from ..errors import DecodeError
+
 logger = logging.getLogger(__name__)
 
 IndexSelector = Callable[[int], Sequence[int] | np.ndarray]
 
 _decord: ModuleType | None = None
-
-
-class DecodeError(RuntimeError):
-    """A video could not be decoded (missing, empty, truncated or not a video).
-
-    Attributes:
-        path: The file that failed.
-        reason: A short human-readable cause.
-    """
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 def _import_decord() -> ModuleType:

@@ -13,19 +13,16 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..checkpoints import CheckpointError, inflate_image_checkpoint, load_checkpoint, read_state_dict
+from ..checkpoints import inflate_image_checkpoint, load_checkpoint, read_state_dict
 from ..checkpoints.formats import to_canonical
 from ..checkpoints.io import read_sidecar
-from ..config import Config, ConfigError, parse_views
+from ..config import Config, parse_views
 from ..data import SharedRingCollate, build_video_dataset, class_names
 from ..data.annotations import read_class_file
+from ..errors import CheckpointError, ConfigError, TrainingError  # noqa: F401  (re-exported)
 from ..models import create_model
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite losses, a broken distributed launch, ...)."""
 
 
 def make_accelerator(cfg: Config) -> Accelerator:

@@ -30,16 +30,11 @@ from accelerate.utils import gather_object
 from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file, save_file
 
-from ..checkpoints import CheckpointError
 from ..checkpoints.io import unpickling_detail
-from .build import TrainingError
+from ..errors import CheckpointError, ResumeError, TrainingError
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
-
-
-class ResumeError(RuntimeError):
-    """A saved state that cannot be restored exactly."""
 
 
 def _rng_file(folder: Path, rank: int) -> Path:

@@ -1,0 +1,92 @@
+"""Every exception the library raises on purpose, in one place.
+
+Each is a user-facing condition with a one-line message naming what was
+wrong; the ``video-swin`` command maps them to exit codes (see
+:mod:`video_swin.cli`): a user mistake (config, checkpoint, resume) is exit
+code 2, a run that cannot go on (non-finite losses, too many broken videos)
+is exit code 1. The modules that raise them re-export them, so
+``from video_swin.config import ConfigError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+_MAX_LISTED = 10
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; the message names the key or path."""
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be used, with the reason."""
+
+
+class ResumeError(RuntimeError):
+    """A saved state that cannot be restored exactly."""
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite losses, a broken distributed launch, ...)."""
+
+
+class DecodeError(RuntimeError):
+    """A video could not be decoded (missing, empty, truncated or not a video).
+
+    Attributes:
+        path: The file that failed.
+        reason: A short human-readable cause.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+    def __reduce__(self):  # noqa: ANN204  (picklable across DataLoader workers with both arguments)
+        return (type(self), (self.path, self.reason))
+
+
+class TooManyBrokenVideos(RuntimeError):
+    """More videos failed to decode than ``max_bad_fraction`` allows.
+
+    Attributes:
+        paths: The failed paths seen so far (first ones first).
+    """
+
+    def __init__(
+        self, paths: Sequence[str], num_videos: int, max_bad_fraction: float, reasons: Mapping[str, str] | None = None
+    ) -> None:
+        self.paths = list(paths)
+        self.num_videos, self.max_bad_fraction = num_videos, max_bad_fraction
+        self.reasons = dict(reasons or {})
+        listed = "\n  ".join(
+            f"{p} ({self.reasons[p]})" if self.reasons.get(p) else p for p in self.paths[:_MAX_LISTED]
+        )
+        more = f"\n  ... and {len(self.paths) - _MAX_LISTED} more" if len(self.paths) > _MAX_LISTED else ""
+        super().__init__(
+            f"{len(self.paths)} of {num_videos} videos could not be decoded, more than "
+            f"max_bad_fraction={max_bad_fraction:g} allows; first:\n  {listed}{more}\n"
+            "Fix or remove these files, or raise data.max_bad_fraction."
+        )
+
+    def __reduce__(self):  # noqa: ANN204
+        return (type(self), (self.paths, self.num_videos, self.max_bad_fraction, self.reasons))
+
+
+# Exit codes of the command line: user mistakes and runs that cannot go on.
+USAGE_ERRORS = (ConfigError, CheckpointError, ResumeError, FileNotFoundError)
+RUN_ERRORS = (TrainingError, TooManyBrokenVideos)
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DecodeError",
+    "ResumeError",
+    "RUN_ERRORS",
+    "TooManyBrokenVideos",
+    "TrainingError",
+    "USAGE_ERRORS",
+]
