@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from video_swin.data import VideoDataset
-from video_swin.data.collate import SharedRingCollate
+from video_swin.data import ClipTransform, VideoDataset
+from video_swin.data.collate import SharedRingCollate, collate
 from video_swin.data.demo import write_video
 from video_swin.data.pytorchvideo_pipeline import PytorchvideoDataset
 from video_swin.data.sampling import train_clip_indices
@@ -149,18 +149,20 @@ def loader_scaling(
     from video_swin.data import clips_to_float  # noqa: PLC0415
 
     data = _Repeated(dataset, times)
+    float_transform = dataset.transform
+    transforms = {"float": float_transform, "uint8": ClipTransform("train", CLIP["crop_size"], output="uint8")}
     runs: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     for rep in range(reps + 1):  # repetition 0 warms up and is dropped
         order = [(name, n) for n in workers for name, v in variants.items() if n or not v["ring"]]
         for name, n in order if rep % 2 == 0 else order[::-1]:
             variant = variants[name]
-            dataset.transform.output = variant["output"]
+            dataset.transform = transforms[variant["output"]]
             dataset.set_epoch(rep)  # forked workers take the dataset as it is now
-            collate = SharedRingCollate() if variant["ring"] else None
+            collate_fn = SharedRingCollate() if variant["ring"] else collate
             stamps = [time.perf_counter()]
             main_cpu, workers_cpu = time.process_time(), _children_cpu()
             loader = DataLoader(data, batch_size=1, num_workers=n, prefetch_factor=2 if n else None,
-                                collate_fn=collate)  # fmt: skip
+                                collate_fn=collate_fn)  # fmt: skip
             for batch in loader:
                 if variant["normalise"] and batch["video"].dtype == torch.uint8:
                     clips_to_float(batch["video"])
@@ -172,7 +174,7 @@ def loader_scaling(
                 runs.setdefault((name, n), []).append(
                     (_steady_rate(stamps, 2 * n + 1), 1000 * main_cpu / len(data), 1000 * workers_cpu / len(data))
                 )
-    dataset.transform.output = "float"
+    dataset.transform = float_transform
     return {key: LoaderRun(*(statistics.median(r[i] for r in rs) for i in range(3))) for key, rs in runs.items()}
 
 

@@ -2,6 +2,10 @@
 
 Written for the GPU part of the performance issue; run it on a machine with a
 CUDA GPU (``--device cpu`` with ``--quick`` is a smoke run of the code only).
+Our model runs as ``create_model`` builds it: the reference PyTorch ops,
+which is what training on a GPU uses; ``--accelerate`` applies
+``video_swin.models.kernels.accelerate_cpu`` first (its CPU kernels fall back
+to the reference on a GPU; its MLP recomputation works on any device).
 Parts (``--parts``, comma separated; all by default):
 
 * ``train``: one training step (forward, cross-entropy, backward, AdamW
@@ -42,9 +46,12 @@ from model_speed import build_models, interleave, parse_shape, shape_text, train
 
 import video_swin  # noqa: E402
 from video_swin.models.flops import count_flops  # noqa: E402
+from video_swin.models.kernels import accelerate_cpu  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}  # dense, no sparsity
-QUICK = {"train_shape": "1x3x4x64x64", "batch_shape": "1x3x4x64x64", "repeats": 2, "warmup": 1, "max_batch": 4}
+# A smoke run of the code: tiny clips, and the batch search on the small model (swin3d_b only costs time on CPU).
+QUICK = {"train_shape": "1x3x4x64x64", "batch_shape": "1x3x4x64x64", "repeats": 2, "warmup": 1, "max_batch": 2,
+         "batch_model": "swin3d_t"}  # fmt: skip
 
 
 def sync(device: torch.device) -> None:
@@ -65,7 +72,7 @@ def peak_tflops(device: torch.device, given: float | None) -> tuple[float | None
 
 
 def train_part(args: argparse.Namespace, device: torch.device) -> dict:
-    models = {name: m.to(device).train() for name, m in build_models({}).items()}
+    models = {name: m.to(device).train() for name, m in build_models({}, seam={"enabled": args.accelerate}).items()}
     x = torch.randn(args.train_shape, device=device)
     y = torch.randint(0, 400, (args.train_shape[0],), device=device)
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
@@ -90,8 +97,9 @@ def train_part(args: argparse.Namespace, device: torch.device) -> dict:
     return out
 
 
-def fits(name: str, shape: tuple[int, ...], checkpoint: bool, device: torch.device) -> bool:
-    model = video_swin.create_model(name, use_checkpoint=checkpoint).to(device).train()
+def fits(name: str, shape: tuple[int, ...], checkpoint: bool, device: torch.device, accelerate: bool) -> bool:
+    model = video_swin.create_model(name, use_checkpoint=checkpoint)
+    model = accelerate_cpu(model, enabled=accelerate).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     try:
         x = torch.randn(shape, device=device)
@@ -106,15 +114,16 @@ def fits(name: str, shape: tuple[int, ...], checkpoint: bool, device: torch.devi
             torch.cuda.empty_cache()
 
 
-def largest_batch(name: str, clip: tuple[int, ...], checkpoint: bool, device: torch.device, cap: int) -> int:
+def largest_batch(name: str, clip: tuple[int, ...], checkpoint: bool, device: torch.device, cap: int,
+                  accelerate: bool) -> int:  # fmt: skip
     """The largest batch (up to ``cap``) whose training step fits: doubling, then bisecting."""
     low, high = 0, 1
-    while high <= cap and fits(name, (high, *clip), checkpoint, device):
+    while high <= cap and fits(name, (high, *clip), checkpoint, device, accelerate):
         low, high = high, high * 2
     high = min(high, cap + 1)
     while high - low > 1:
         mid = (low + high) // 2
-        low, high = (mid, high) if fits(name, (mid, *clip), checkpoint, device) else (low, mid)
+        low, high = (mid, high) if fits(name, (mid, *clip), checkpoint, device, accelerate) else (low, mid)
     return low
 
 
@@ -131,6 +140,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed repetitions first (default: 3)")
     parser.add_argument("--peak-tflops", type=float, help="mfu part: the device's dense bf16 peak, TFLOP/s")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions: a smoke run")
+    parser.add_argument("--accelerate", action="store_true",
+                        help="apply accelerate_cpu to our model (MLP recomputation; default: the reference model)")
     parser.add_argument("--json", type=Path, help="also write all figures to this file")
     args = parser.parse_args()
     if args.quick:
@@ -144,7 +155,8 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU here (use --device cpu --quick for a smoke run)")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    results: dict = {"device": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__}
+    results: dict = {"device": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                     "accelerate_cpu": args.accelerate}  # fmt: skip
     print(f"{name}, torch {torch.__version__}, {results['date']}")
     if "train" in parts or "mfu" in parts:
         train = results["train"] = train_part(args, device)
@@ -165,7 +177,7 @@ def main() -> None:
         clip = args.batch_shape[1:]
         results["batch"] = {}
         for checkpoint in (False, True):
-            best = largest_batch(args.batch_model, clip, checkpoint, device, args.max_batch)
+            best = largest_batch(args.batch_model, clip, checkpoint, device, args.max_batch, args.accelerate)
             results["batch"]["checkpointing" if checkpoint else "plain"] = best
             print(f"largest {args.batch_model} batch at {shape_text(clip)}, bf16, "
                   f"{'with' if checkpoint else 'without'} activation checkpointing: {best}"

@@ -1,8 +1,13 @@
-"""Typed training configuration: dataclasses, YAML loading and ``--set a.b=c`` overrides.
+"""Typed training configuration on OmegaConf structured configs.
 
-YAML files are pure data over this schema. Unknown keys, wrong types and
-impossible values raise :class:`ConfigError` naming the key, before anything
-is built.
+The dataclasses below are the schema. A recipe (YAML, pure data) and
+``--set a.b=c`` overrides are merged over it by OmegaConf, which checks every
+key and type; :func:`validate` adds the ranges and cross-field rules that
+types cannot express. Every mistake is a :class:`~video_swin.errors.ConfigError`
+whose one-line message names the key, before anything is built.
+
+Recipes ship inside the package (``video_swin/configs/*.yaml``), so a bare
+name such as ``demo.yaml`` resolves from any directory and any install.
 """
 
 from __future__ import annotations
@@ -10,18 +15,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import logging
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+Decoder = Literal["decord", "pyav"]
+Pipeline = Literal["native", "pytorchvideo"]
+ClipOutput = Literal["float", "uint8"]  # uint8: workers send uint8 clips, normalised on the device
+MixedPrecision = Literal["no", "fp16", "bf16"]
+TemporalInit = Literal["average", "center"]
+Attention = Literal["dot", "cosine"]
+PositionBias = Literal["table", "cpb"]
+NormPlacement = Literal["pre", "post"]
+ScoreAverage = Literal["prob", "logit"]
 
 
 @dataclass
@@ -32,20 +51,16 @@ class ModelConfig:
     head_dropout: float = 0.5
     pretrained_image: str | None = None  # 2D checkpoint to inflate
     pretrained_video: str | None = None  # video checkpoint (window differences are interpolated)
-    temporal_init: str = "average"  # inflation of the patch embedding: average | center
+    temporal_init: TemporalInit = "average"  # inflation of the patch embedding
     window_size: list[int] | None = None
     embed_dim: int | None = None
     depths: list[int] | None = None
     num_heads: list[int] | None = None
     use_checkpoint: bool = False
-    # keep less for backward and recompute it there (see SwinTransformer): MLP
-    # hidden layers, and on CPU the attention's qkv projection
-    recompute_mlp: bool = True
-    recompute_qkv: bool = True
     # Swin V2 options, one at a time on any preset (None: the preset's own choice)
-    attention: str | None = None  # dot | cosine
-    position_bias: str | None = None  # table | cpb
-    norm: str | None = None  # pre | post
+    attention: Attention | None = None
+    position_bias: PositionBias | None = None
+    norm: NormPlacement | None = None
     pretrained_window_size: list[int] | None = None  # cpb: the window the loaded weights were trained with
 
 
@@ -55,9 +70,9 @@ class DataConfig:
     train_annotations: str = "data/kinetics400/train.csv"
     val_annotations: str = "data/kinetics400/val.csv"
     classes: str | None = None  # optional class list file (one name per line)
-    decoder: str = "decord"  # decord | pyav
-    pipeline: str = "native"  # native | pytorchvideo
-    output: str = "float"  # float | uint8: workers send uint8 clips, normalised on the device
+    decoder: Decoder = "decord"
+    pipeline: Pipeline = "native"
+    output: ClipOutput = "float"
     clip_len: int = 32
     frame_interval: int = 2
     crop_size: int = 224
@@ -85,7 +100,7 @@ class TrainConfig:
     max_steps: int | None = None  # optimizer steps; overrides epochs
     batch_size: int = 8  # per process
     grad_accum_steps: int = 1
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    mixed_precision: MixedPrecision = "no"
     max_grad_norm: float | None = None
     label_smoothing: float = 0.0
     save_every_steps: int = 1000
@@ -109,14 +124,29 @@ class SchedConfig:
     min_lr: float = 0.0
 
 
+class Views(NamedTuple):
+    """Multi-view testing: ``clips`` evenly spaced clips x ``crops`` spatial crops."""
+
+    clips: int
+    crops: int
+
+    def __str__(self) -> str:
+        return f"{self.clips}x{self.crops}"
+
+
 @dataclass
 class EvalConfig:
-    views: str = "4x3"  # clips x crops
+    views: str = "4x3"  # clips x crops; read it parsed as `parsed_views`
     final: bool = True
     every_epochs: int = 1  # single-view validation accuracy; 0 = never
     batch_size: int = 1
     max_views_per_forward: int = 12
-    average: str = "prob"  # prob | logit
+    average: ScoreAverage = "prob"
+
+    @property
+    def parsed_views(self) -> Views:
+        """``views`` as (clips, crops); :func:`load_config` has already checked it."""
+        return parse_views(self.views)
 
 
 @dataclass
@@ -131,65 +161,231 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# Keys older versions wrote into the resolved config saved beside checkpoints;
+# still accepted in saved data and dropped (the speed switches moved out of the config).
+_LEGACY_KEYS = {"model": ("recompute_mlp", "recompute_qkv")}
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """``argparse`` for the scripts: a usage mistake is one line on stderr (``error: ...``) and exit code 2."""
+    """``argparse`` for the commands: a usage mistake is one line on stderr (``error: ...``) and exit code 2."""
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def parse_views(views: str, key: str = "eval.views") -> tuple[int, int]:
-    """``"4x3"`` -> (4 clips, 3 crops); a ConfigError naming ``key`` otherwise."""
+def parse_views(views: str | Views, key: str = "eval.views") -> Views:
+    """``"4x3"`` -> ``Views(clips=4, crops=3)``; a ConfigError naming ``key`` otherwise.
+
+    The one parser of the CLIPSxCROPS notation (config, ``--views`` options, reports).
+    """
     m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(views))
     if not m or int(m.group(1)) < 1 or int(m.group(2)) not in (1, 3):
         raise ConfigError(f"{key}: expected CLIPSxCROPS such as '4x3' (crops 1 or 3), got {views!r}")
-    return int(m.group(1)), int(m.group(2))
+    return Views(int(m.group(1)), int(m.group(2)))
 
 
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_type(key, value, inner[0])
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "5e-4" (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
-    return value
+def list_configs() -> list[str]:
+    """The recipes shipped with the package (bare names for ``--config``)."""
+    return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown key '{full}'{hint}")
-        if dataclasses.is_dataclass(hints[key]):
-            kwargs[key] = _build(hints[key], value or {}, f"{full}.")
+def resolve_path(name: str | Path) -> Path:
+    """A config path as given, or a bare recipe name (``demo`` or ``demo.yaml``) from the package's recipes."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file not found: {name} (looked in . and {CONFIG_DIR})")
+
+
+# -- turning OmegaConf's exceptions into one-line messages in our words ----------------------------
+
+
+def _key_parts(full_key: str) -> list[str | int]:
+    """``"model.depths[0]"`` -> ``["model", "depths", 0]``."""
+    return [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", full_key)]
+
+
+def _schema_type(parts: list[str | int]) -> Any:
+    """The annotation of a key path in :class:`Config` (Optional stripped), or None if it has none."""
+    hint: Any = Config
+    for part in parts:
+        if dataclasses.is_dataclass(hint) and isinstance(part, str):
+            hint = typing.get_type_hints(hint).get(part)
+        elif typing.get_origin(hint) is list:
+            hint = typing.get_args(hint)[0]
         else:
-            kwargs[key] = _check_type(full, value, hints[key])
-    return cls(**kwargs)
+            return None
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) not in (None, list, Literal) and len(args) == 1:
+            hint = args[0]  # X | None -> X
+    return hint
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is list:
+        return "a list"
+    if dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+_ABSENT = object()
+
+
+def _lookup(data: Any, parts: list[str | int]) -> Any:
+    for part in parts:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return _ABSENT
+    return data
+
+
+def _first_line(e: BaseException) -> str:
+    msg = getattr(e, "msg", None) or str(e)
+    return msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+
+
+def _translate(e: OmegaConfBaseException, data: Any) -> ConfigError:
+    """A one-line ConfigError naming the key, for an OmegaConf error raised while merging ``data``."""
+    full_key = getattr(e, "full_key", None) or ""
+    parts = _key_parts(full_key)
+    if isinstance(e, ConfigKeyError) and parts:
+        parent = _schema_type(parts[:-1])
+        names = [f.name for f in dataclasses.fields(parent)] if dataclasses.is_dataclass(parent) else []
+        close = difflib.get_close_matches(str(parts[-1]), names, n=1)
+        prefix = full_key.rpartition(".")[0]
+        hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+        return ConfigError(f"unknown key '{full_key}'{hint}")
+    hint = _schema_type(parts) if parts else None
+    value = _lookup(data, parts)
+    if value is _ABSENT or hint is None:
+        return ConfigError(f"{full_key or 'config'}: {_first_line(e)}")
+    if typing.get_origin(hint) is Literal:
+        quote = " (YAML reads yes/no/on/off as booleans: quote the value)" if isinstance(value, bool) else ""
+        return ConfigError(f"{full_key}: must be one of {list(typing.get_args(hint))}, got {value!r}{quote}")
+    return ConfigError(f"{full_key}: expected {_describe(hint)}, got {value!r} ({type(value).__name__})")
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+
+def _plain(data: Any, source: str, *, drop_legacy: bool = True) -> dict[str, Any]:
+    """Checks the top level of ``data`` (sections are mappings); a new plain dict.
+
+    With ``drop_legacy``, keys of saved configs that this version no longer has are dropped.
+    """
+    if isinstance(data, DictConfig):
+        data = OmegaConf.to_container(data, resolve=False)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        shown = OmegaConf.to_container(data) if OmegaConf.is_config(data) else data
+        raise ConfigError(f"{source}: expected a mapping, got {shown!r}")
+    data = dict(data)
+    hints = typing.get_type_hints(Config)
+    for key, value in list(data.items()):
+        if not dataclasses.is_dataclass(hints.get(key)):
+            continue
+        if value is None:  # an empty section in YAML
+            del data[key]
+        elif not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        else:
+            legacy = [k for k in _LEGACY_KEYS.get(key, ()) if k in value] if drop_legacy else []
+            if legacy:
+                logger.debug("ignoring legacy config keys %s", ", ".join(f"{key}.{k}" for k in legacy))
+                data[key] = {k: v for k, v in value.items() if k not in legacy}
+    return data
+
+
+def _read_file(file: Path) -> dict[str, Any]:
+    try:
+        loaded = OmegaConf.load(file)  # OmegaConf's YAML reads "5e-4" as a float, as YAML 1.2 does
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{file}: invalid YAML ({_yaml_problem(e)})") from e
+    except (OSError, UnicodeDecodeError, OmegaConfBaseException) as e:
+        raise ConfigError(f"{file}: cannot read it ({' '.join(str(e).split())})") from e
+    return _plain(loaded, "config")
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own message spans several)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(error).split())
+
+
+def _parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items as nested data; values are YAML (``[16,7,7]``, ``null``, ``5e-4``)."""
+    conf = OmegaConf.create()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            conf.merge_with_dotlist([f"{key.strip()}={value}"])
+        except yaml.YAMLError:  # not YAML (e.g. "a: b" in a path): the text as it is
+            OmegaConf.update(conf, key.strip(), value)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {item!r}: {_first_line(e)}") from e
+    return _plain(conf, "overrides", drop_legacy=False)  # a removed key given on purpose is an error
+
+
+def _build(*layers: dict[str, Any]) -> Config:
+    """The schema with ``layers`` merged over it in order, as a checked :class:`Config`."""
+    merged = OmegaConf.structured(Config)
+    for data in layers:
+        try:
+            merged = OmegaConf.merge(merged, data)
+        except OmegaConfBaseException as e:
+            raise _translate(e, data) from e
+    try:
+        cfg = OmegaConf.to_object(merged)  # plain dataclasses; interpolations resolved
+    except OmegaConfBaseException as e:
+        raise _translate(e, {}) from e
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Loads a YAML config (or the defaults) and applies ``KEY=VALUE`` overrides.
+
+    Args:
+        path: a YAML file, or the bare name of a shipped recipe (``k400_swin_t.yaml``, ``demo``).
+        overrides: dotlist items whose values are parsed as YAML (``train.epochs=3``,
+            ``model.pretrained_image=null``, ``model.window_size=[16,7,7]``).
+
+    Returns:
+        A plain :class:`Config` of dataclasses.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, unknown key, wrong type or value.
+    """
+    data = _read_file(resolve_path(path)) if path is not None else {}
+    return _build(data, _parse_overrides(overrides))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """A config from plain data (e.g. the ``config`` a checkpoint's sidecar holds), checked like a file.
+
+    Keys that older versions saved and this one no longer has (``model.recompute_mlp``,
+    ``model.recompute_qkv``) are dropped.
+    """
+    return _build(_plain(data, "config"))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain data (what ``config.yaml`` in a run folder holds)."""
+    return dataclasses.asdict(cfg)
+
+
+# -- checks types cannot express --------------------------------------------------------------------
 
 
 def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
@@ -198,31 +394,11 @@ def _positive(key: str, value: Any, allow_zero: bool = False) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Range and choice checks that types alone cannot express."""
-    choices = {
-        "data.decoder": (cfg.data.decoder, ("decord", "pyav")),
-        "data.pipeline": (cfg.data.pipeline, ("native", "pytorchvideo")),
-        "data.output": (cfg.data.output, ("float", "uint8")),
-        "train.mixed_precision": (cfg.train.mixed_precision, ("no", "fp16", "bf16")),
-        "eval.average": (cfg.eval.average, ("prob", "logit")),
-        "model.temporal_init": (cfg.model.temporal_init, ("average", "center")),
-        "model.attention": (cfg.model.attention, (None, "dot", "cosine")),
-        "model.position_bias": (cfg.model.position_bias, (None, "table", "cpb")),
-        "model.norm": (cfg.model.norm, (None, "pre", "post")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}: must be one of {list(allowed)}, got {value!r}")
+    """Range and cross-field checks that types alone cannot express."""
     if cfg.data.output == "uint8" and cfg.data.pipeline != "native":
         raise ConfigError("data.output: uint8 is only available with data.pipeline: native")
     if cfg.data.output == "uint8" and cfg.data.random_erasing:
         raise ConfigError("data.output: uint8 cannot be combined with data.random_erasing (it works on float clips)")
-    from .models import list_models  # noqa: PLC0415  (imports torch; only once the types are known good)
-
-    if cfg.model.name not in list_models():
-        close = difflib.get_close_matches(cfg.model.name, list_models(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f"; one of {list_models()}"
-        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}{hint}")
     for key in ("data.clip_len", "data.frame_interval", "data.crop_size", "data.train_short_side",
                 "data.test_short_side", "train.epochs", "train.batch_size", "train.grad_accum_steps",
                 "train.save_every_steps", "train.log_every_steps", "train.keep_last", "optim.lr",
@@ -246,78 +422,13 @@ def validate(cfg: Config) -> None:
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas: expected two values in [0, 1), got {cfg.optim.betas!r}")
     parse_views(cfg.eval.views)
+    # the model names come with torch: imported last, once every cheap check has passed
+    from .models import list_models
 
-
-def resolve_path(name: str) -> Path:
-    """A config path as given, or a bare file name looked up in ``configs/``."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"config file not found: {name} (looked in . and {CONFIG_DIR})")
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {key}: '{part}' is not a section")
-    node[parts[-1]] = value
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """A YAML error on one line: what is wrong and where (PyYAML's own message spans several)."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None)
-    if mark is not None and problem:
-        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    return " ".join(str(error).split())
-
-
-def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Loads a YAML config (or the defaults) and applies ``KEY=VALUE`` overrides.
-
-    Values are parsed as YAML (``train.epochs=3``, ``model.pretrained_image=null``,
-    ``model.window_size=[16,7,7]``).
-
-    Raises:
-        ConfigError: missing file, invalid YAML, unknown key, wrong type or value.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        file = resolve_path(path)
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{file}: invalid YAML ({_yaml_problem(e)})") from e
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(data, key.strip(), value)
-    cfg = _build(Config, data)
-    validate(cfg)
-    return cfg
-
-
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """A config from plain data (e.g. the ``config`` a checkpoint's sidecar holds), checked like a file."""
-    cfg = _build(Config, data)
-    validate(cfg)
-    return cfg
-
-
-def to_dict(cfg: Config) -> dict[str, Any]:
-    """The resolved config as plain data (what ``config.yaml`` in a run folder holds)."""
-    return dataclasses.asdict(cfg)
+    if cfg.model.name not in list_models():
+        close = difflib.get_close_matches(cfg.model.name, list_models(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; one of {list_models()}"
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}{hint}")
 
 
 def check_paths(cfg: Config, *, evaluation: bool = False) -> None:
@@ -339,3 +450,25 @@ def check_paths(cfg: Config, *, evaluation: bool = False) -> None:
     for key, value in files.items():
         if value is not None and not Path(value).exists():
             raise ConfigError(f"{key}: file not found: {value}")
+
+
+__all__ = [
+    "CONFIG_DIR",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SchedConfig",
+    "TrainConfig",
+    "Views",
+    "check_paths",
+    "config_from_dict",
+    "list_configs",
+    "load_config",
+    "parse_views",
+    "resolve_path",
+    "to_dict",
+    "validate",
+]

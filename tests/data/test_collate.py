@@ -1,4 +1,5 @@
-"""SharedRingCollate: batches equal to default_collate's, segments reused, kept batches never overwritten."""
+"""collate and SharedRingCollate: default_collate's batches with failure records flattened; segments reused,
+kept batches never overwritten."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
-from video_swin.data import SharedRingCollate
+from video_swin.data import DecodeFailure, SharedRingCollate
+from video_swin.data.collate import collate
 
 Pair = namedtuple("Pair", "first second")
 
@@ -115,3 +117,37 @@ def test_in_the_main_process_it_is_default_collate():
 def test_bad_slot_counts_are_refused(slots):
     with pytest.raises(ValueError, match="slots must be an integer >= 1"):
         SharedRingCollate(slots)
+
+
+class FailingSamples(Samples):
+    """Samples whose ``"failures"`` lists differ in length: sample i reports i % 3 records."""
+
+    def __getitem__(self, i: int) -> dict:
+        failures = [DecodeFailure(f"bad{i}_{k}.mp4", f"reason {k}") for k in range(i % 3)]
+        return {**super().__getitem__(i), "failures": failures}
+
+
+def _failures(indices) -> list[DecodeFailure]:
+    return [failure for i in indices for failure in FailingSamples()[i]["failures"]]
+
+
+def test_collate_flattens_failure_records_and_is_default_collate_otherwise():
+    samples = [FailingSamples()[i] for i in range(4)]
+    batch = collate(samples)
+    assert batch["failures"] == _failures(range(4)) and len(batch["failures"]) == 0 + 1 + 2 + 0
+    assert list(batch) == list(samples[0])  # the samples' key order
+    rest = [{k: v for k, v in s.items() if k != "failures"} for s in samples]
+    assert_same_batch({k: v for k, v in batch.items() if k != "failures"}, default_collate(rest))
+    plain = [Samples()[i] for i in range(3)]
+    assert_same_batch(collate(plain), default_collate(plain))
+    with pytest.raises(RuntimeError, match="equal size"):  # why a plain default collate does not do
+        default_collate(samples)
+
+
+@pytest.mark.parametrize("collate_fn,workers", [(collate, 0), (collate, 2), (SharedRingCollate(4), 0),
+                                                (SharedRingCollate(4), 2)])  # fmt: skip
+def test_every_way_gives_the_flat_failure_list(collate_fn, workers):
+    got = list(DataLoader(FailingSamples(), batch_size=4, num_workers=workers, collate_fn=collate_fn))
+    assert [b["failures"] for b in got] == [_failures(range(i, i + 4)) for i in range(0, 24, 4)]
+    if isinstance(collate_fn, SharedRingCollate) and workers:
+        assert all(through_ring(b) for b in got)

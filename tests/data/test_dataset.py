@@ -9,7 +9,16 @@ import torch
 from torch.utils.data import DataLoader
 from video_files import clip_indices_of, index_frames, textured_frames, write_mp4
 
-from video_swin.data import BrokenVideoLog, TooManyBrokenVideos, VideoDataset, build_video_dataset
+from video_swin.data import (
+    BrokenVideoLog,
+    ClipTransform,
+    DecodeFailure,
+    SharedRingCollate,
+    TooManyBrokenVideos,
+    VideoDataset,
+    build_video_dataset,
+)
+from video_swin.data.collate import collate
 from video_swin.data.sampling import eval_clip_indices, train_clip_indices
 
 HEADER = "label,youtube_id,time_start,time_end,split\n"
@@ -60,7 +69,7 @@ def test_train_sample_layout_and_exact_frames(index_set):
             sample = ds[i]
             assert sample["video"].shape == (3, 4, 16, 16) and sample["video"].dtype == torch.float32
             assert sample["label"] == i % 2 and sample["index"] == i and sample["path"] == ds.records[i].path
-            assert sample["valid"] is True and sample["failed"] == ""
+            assert sample["valid"] is True and sample["failures"] == []
             expected = train_clip_indices(n, 4, 3, np.random.default_rng([3, epoch, i, 0, 0]))
             assert clip_indices_of(sample["video"]) == expected.tolist()
 
@@ -85,7 +94,7 @@ def test_randomness_depends_only_on_seed_epoch_index(texture_set):
     ds.set_epoch(2)
     first = [ds[i]["video"] for i in range(len(ds))]
     assert all(torch.equal(first[i], ds[i]["video"]) for i in reversed(range(len(ds))))  # order does not matter
-    loaders = [DataLoader(ds, batch_size=2, num_workers=w, shuffle=False) for w in (0, 2)]
+    loaders = [DataLoader(ds, batch_size=2, num_workers=w, shuffle=False, collate_fn=collate) for w in (0, 2)]
     single, multi = ([b["video"] for b in loader] for loader in loaders)
     assert all(torch.equal(a, b) for a, b in zip(single, multi))
     torch.testing.assert_close(torch.cat(single), torch.stack(first))
@@ -123,9 +132,10 @@ def test_training_replaces_broken_videos_and_reports_them(broken_set, caplog):
     for i, sample in enumerate(samples):
         assert sample["valid"] and sample["video"].shape == (3, 4, 16, 16)
         if i < 3:
-            assert sample["failed"] == "" and sample["index"] == i
+            assert sample["failures"] == [] and sample["index"] == i
         else:
-            assert ds.records[i].path in sample["failed"].split("\n")
+            assert ds.records[i].path in [f.path for f in sample["failures"]]
+            assert all(isinstance(f, DecodeFailure) and f.path in ds.bad_files and f.reason for f in sample["failures"])
             assert sample["label"] == ds.classes.index("ok")  # replaced by a decodable video
     assert set(ds.bad_files) == {r.path for r in ds.records[3:]}
     assert "file not found" in ds.bad_files[doomed]
@@ -139,7 +149,7 @@ def test_training_replaces_broken_videos_and_reports_them(broken_set, caplog):
 def test_evaluation_marks_broken_videos_instead_of_dropping_them(broken_set, output):
     csv, root = broken_set
     ds = VideoDataset(csv, root, mode="test", num_clips=2, num_crops=3, max_bad_fraction=1.0, output=output, **CLIP)
-    loader = DataLoader(ds, batch_size=4)  # a batch mixes decoded and zero videos: one dtype for both
+    loader = DataLoader(ds, batch_size=4, collate_fn=collate)  # decoded and zero videos mixed: one dtype for both
     batches = list(loader)
     assert all(b["video"].dtype == (torch.uint8 if output == "uint8" else torch.float32) for b in batches)
     valid = torch.cat([b["valid"] for b in batches])
@@ -162,12 +172,45 @@ def test_broken_video_log_counts_failures_across_batches(broken_set):
     csv, root = broken_set
     ds = VideoDataset(csv, root, max_bad_fraction=1.0, **CLIP)
     log = BrokenVideoLog(len(ds), max_bad_fraction=1.0)
-    for batch in DataLoader(ds, batch_size=3, num_workers=2):
+    for batch in DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate):
         log.update(batch)
     assert log.end_epoch(0) == 6 and sorted(log.paths) == sorted(r.path for r in ds.records[3:])
+    assert all(log.reasons.values())  # every failure came with its reason
     strict = BrokenVideoLog(len(ds), max_bad_fraction=0.5)
     with pytest.raises(TooManyBrokenVideos):
-        strict.add(log.paths)
+        strict.add(DecodeFailure(path, reason) for path, reason in log.reasons.items())
+
+
+@pytest.mark.parametrize("collate_fn,workers", [(collate, 0), (collate, 2), (SharedRingCollate(2), 2)],
+                         ids=["collate-main", "collate-workers", "ring-workers"])  # fmt: skip
+def test_batches_carry_one_flat_list_of_failure_records(broken_set, collate_fn, workers):
+    csv, root = broken_set
+    ds = VideoDataset(csv, root, max_bad_fraction=1.0, **CLIP)
+    want = [[f.path for i in range(start, min(start + 4, len(ds))) for f in ds[i]["failures"]] for start in (0, 4, 8)]
+    batches = list(DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate_fn))
+    # In sample order, whichever way the batch came (paths: decord's messages hold the time of day).
+    assert [[f.path for f in b["failures"]] for b in batches] == want
+    assert all(f.reason for b in batches for f in b["failures"])
+    assert {f.path for b in batches for f in b["failures"]} == {r.path for r in ds.records[3:]}
+    assert all(isinstance(f, DecodeFailure) for b in batches for f in b["failures"])
+    assert list(batches[0]) == ["video", "label", "index", "path", "valid", "failures"]
+
+
+@pytest.mark.parametrize("mode,views", [("train", (1, 1)), ("test", (2, 3))])
+def test_a_built_transform_gives_what_the_same_options_give(texture_set, mode, views):
+    csv, root = texture_set
+    num_clips, num_crops = views
+    options = {"short_side": 20, "flip": True, "scale": (0.3, 1.0)} if mode == "train" else {"short_side": 18}
+    transform = ClipTransform(mode, CLIP["crop_size"], num_crops=num_crops, **options)
+    clip = {k: v for k, v in CLIP.items() if k != "crop_size"}
+    built = VideoDataset(csv, root, mode=mode, num_clips=num_clips, transform=transform, **clip)
+    spelled = VideoDataset(csv, root, mode=mode, num_clips=num_clips, num_crops=num_crops, **CLIP, **options)
+    assert built.transform is transform and (built.crop_size, built.num_crops) == (16, num_crops)
+    assert all(torch.equal(built[i]["video"], spelled[i]["video"]) for i in range(len(built)))
+    with pytest.raises(ValueError, match="crop_size=24"):
+        VideoDataset(csv, root, mode=mode, num_clips=num_clips, transform=transform, **clip, crop_size=24)
+    with pytest.raises(TypeError, match="short_side"):
+        VideoDataset(csv, root, mode=mode, num_clips=num_clips, transform=transform, short_side=20, **clip)
 
 
 def test_unseen_label_at_evaluation_names_it(tmp_path, index_set):
@@ -198,7 +241,9 @@ def test_pytorchvideo_pipeline_yields_the_same_sample_layout(texture_set, mode, 
     shape = (3, 4, 16, 16) if views is None else (views, 3, 4, 16, 16)
     for s in samples:
         assert s["video"].shape == shape and s["video"].dtype == torch.float32
-        assert set(s) == {"video", "label", "index", "path", "valid", "failed"}
+        assert set(s) == {"video", "label", "index", "path", "valid", "failures"} and s["failures"] == []
     assert sorted(s["index"] for s in samples) == list(range(6))
     with pytest.raises(ValueError, match="pipeline"):
         build_video_dataset(csv, root, pipeline="dali")
+    with pytest.raises(ValueError, match="native pipeline"):
+        build_video_dataset(csv, root, pipeline="pytorchvideo", output="uint8", **CLIP)

@@ -8,6 +8,7 @@ from video_swin.data import IMAGENET_MEAN, IMAGENET_STD
 from video_swin.data.transforms import (
     ClipTransform,
     center_box,
+    dataset_transform,
     normalize,
     random_resized_box,
     resized_size,
@@ -152,3 +153,32 @@ def test_uint8_output_refuses_random_erasing():
         ClipTransform("train", 32, 36, random_erasing=0.25, output="uint8")
     with pytest.raises(ValueError, match="output"):
         ClipTransform("train", 32, 36, output="half")
+
+
+@pytest.mark.parametrize("mode,crop_size,short_side", [("train", 224, 256), ("val", 224, 256), ("test", 224, 224),
+                                                       ("val", 56, 64), ("test", 56, 56)])  # fmt: skip
+def test_default_short_side_is_the_official_recipe(mode, crop_size, short_side):
+    assert ClipTransform(mode, crop_size).short_side == short_side
+    assert ClipTransform(mode).crop_size == 224
+
+
+def test_dataset_transform_builds_the_default_or_checks_the_given_one():
+    built = dataset_transform("test", crop_size=32, num_crops=3, short_side=40, output="uint8")
+    assert (built.mode, built.crop_size, built.num_crops, built.short_side) == ("test", 32, 3, 40)
+    assert built.output == "uint8"
+    assert dataset_transform("train").crop_size == 224 and dataset_transform("val").num_crops == 1
+    given = ClipTransform("val", 32, num_crops=3)
+    assert dataset_transform("test", given) is given  # val and test recipes both evaluate
+    assert dataset_transform("val", given, crop_size=32, num_crops=3) is given
+    with pytest.raises(ValueError, match="'train' dataset"):
+        dataset_transform("train", given)
+    with pytest.raises(ValueError, match="'val' dataset"):
+        dataset_transform("val", ClipTransform("train", 32))
+    with pytest.raises(ValueError, match="crop_size=16"):
+        dataset_transform("val", given, crop_size=16)
+    with pytest.raises(ValueError, match="num_crops=1"):
+        dataset_transform("val", given, num_crops=1)
+    with pytest.raises(TypeError, match="flip, short_side"):
+        dataset_transform("val", given, short_side=40, flip=False)
+    with pytest.raises(TypeError):
+        dataset_transform("val", crop_sise=32)  # a misspelt option is an error, not ignored

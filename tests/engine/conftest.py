@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from video_swin.checkpoints import save_checkpoint
-from video_swin.config import load_config, to_dict
+from video_swin.config import Views, load_config, to_dict
 from video_swin.data import class_names, make_demo_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def tiny_checkpoint(tiny_data, tmp_path_factory):
     classes = class_names(cfg.data.train_annotations)
     torch.manual_seed(0)
     model = model_from_config(cfg, len(classes)).eval()
-    val = build_test_dataset(cfg, classes, "1x1")
+    val = build_test_dataset(cfg, classes, Views(1, 1))
     with torch.no_grad():
         feats = torch.cat([model.forward_head(model.forward_features(val[i]["video"]), pre_logits=True)
                            for i in range(len(val))]).double()  # (N, C)

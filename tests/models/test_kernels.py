@@ -1,4 +1,4 @@
-"""The fused kernels give the plain ops' outputs and gradients; training gradients equal torchvision's."""
+"""The CPU kernels give the plain ops' outputs and gradients; training gradients equal torchvision's."""
 
 import pytest
 import torch
@@ -9,7 +9,12 @@ import video_swin
 from video_swin.checkpoints import load_checkpoint
 from video_swin.checkpoints.formats import to_canonical
 from video_swin.models import kernels
-from video_swin.models.windows import relative_position_index, shift_mask, window_order, window_partition
+from video_swin.models.attention import gather_bias
+from video_swin.models.kernels import attention as fused_attention
+from video_swin.models.kernels import block as fast_block
+from video_swin.models.kernels import inference, mlp
+from video_swin.models.kernels.partition import reorder_tokens, window_order
+from video_swin.models.windows import relative_position_index, shift_mask, window_partition
 
 
 def rel_diff(ours, ref):
@@ -25,12 +30,24 @@ def run(fn, inputs, grad_out, fast):
     return out.detach(), [t.grad for t in inputs if t.requires_grad]
 
 
+def plain_window_attention(x, heads, table, index, mask, qkv_weight=None, qkv_bias=None):
+    """The reference computation: projection, then SDPA with bias (+ mask) as the additive mask."""
+    qkv = x if qkv_weight is None else F.linear(x, qkv_weight, qkv_bias)
+    bw, n, c3 = qkv.shape
+    q, k, v = qkv.view(bw, n, 3, heads, c3 // 3 // heads).permute(2, 0, 3, 1, 4)  # 3 x (B*nW, nH, N, Dh)
+    attn_mask = gather_bias(table, index).unsqueeze(0)  # (1, nH, N, N)
+    if mask is not None:
+        attn_mask = (attn_mask + mask.unsqueeze(1)).repeat(bw // mask.shape[0], 1, 1, 1)  # (B*nW, nH, N, N)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B*nW, nH, N, Dh)
+    return out.transpose(1, 2).reshape(bw, n, c3 // 3)
+
+
 @pytest.mark.parametrize("shifted", [False, True])
 @pytest.mark.parametrize("projected", [False, True])
 @pytest.mark.parametrize("recompute_qkv", [False, True])
 def test_window_attention_matches_sdpa(monkeypatch, shifted, projected, recompute_qkv):
     # Small chunks, so that chunks split a sample's windows and end at sample boundaries.
-    monkeypatch.setattr(kernels, "CHUNK_BYTES", 3 * 2 * 48 * 48 * 4)
+    monkeypatch.setattr(fused_attention, "CHUNK_BYTES", 3 * 2 * 48 * 48 * 4)
     torch.manual_seed(0)
     window, size, heads, c = (3, 4, 4), (3, 8, 12), 2, 16
     mask = shift_mask(size, window, (0, 2, 2)) if shifted else None  # (6, 48, 48) or None
@@ -41,16 +58,27 @@ def test_window_attention_matches_sdpa(monkeypatch, shifted, projected, recomput
     w, b = torch.randn(3 * c, c) * c**-0.5, torch.randn(3 * c) * 0.1
     grad = torch.randn(bw, n, c)
 
-    def fn(x, table, *proj):
+    def fused(x, table, *proj):
         kwargs = dict(qkv_weight=proj[0], qkv_bias=proj[1]) if proj else {}
         return kernels.window_attention(x, heads, table, index, mask, recompute_qkv=recompute_qkv, **kwargs)
 
+    def plain(x, table, *proj):
+        return plain_window_attention(x, heads, table, index, mask, *proj)
+
     inputs = [x, table, w, b] if projected else [x, table]
-    out_ref, grads_ref = run(fn, inputs, grad, fast=False)
-    out, grads = run(fn, inputs, grad, fast=True)
+    out_ref, grads_ref = run(plain, inputs, grad, fast=False)
+    out, grads = run(fused, inputs, grad, fast=True)
     assert rel_diff(out, out_ref) < 1e-5
     for g, g_ref in zip(grads, grads_ref, strict=True):
         assert rel_diff(g, g_ref) < 1e-5
+
+
+def test_window_attention_refuses_where_it_does_not_apply():
+    index = relative_position_index((2, 2))
+    with kernels.fast_paths(attention=False), pytest.raises(RuntimeError, match="does not apply"):
+        kernels.window_attention(torch.randn(2, 4, 24), 2, torch.randn(9, 2), index)
+    with pytest.raises(RuntimeError, match="does not apply"):
+        kernels.window_attention(torch.randn(2, 4, 24).double(), 2, torch.randn(9, 2).double(), index)
 
 
 def test_fast_attention_is_used_and_keeps_no_attention_matrix():
@@ -82,9 +110,9 @@ def test_linear_matches_f_linear():
 @pytest.mark.parametrize("norm", [True, False])
 def test_recomputed_mlp_matches_plain_mlp(monkeypatch, norm, chunked):
     if chunked:  # 30 rows in chunks of 8, 8, 8, 6
-        monkeypatch.setattr(kernels, "MLP_MIN_ROWS", 1)
-        monkeypatch.setattr(kernels, "MLP_CHUNK_BYTES", 8 * 64 * 4)
-        assert len(kernels._row_chunks(30, 64, 4, torch.device("cpu"))) == 4
+        monkeypatch.setattr(mlp, "MLP_MIN_ROWS", 1)
+        monkeypatch.setattr(mlp, "MLP_CHUNK_BYTES", 8 * 64 * 4)
+        assert len(mlp.row_chunks(30, 64, 4, torch.device("cpu"))) == 4
     torch.manual_seed(0)
     c, hidden = 16, 64
     x = torch.randn(2, 3, 5, c)
@@ -110,7 +138,7 @@ def test_mlp_keeps_only_its_input():
     x = torch.randn(1, 3, 4, 16, 16)
     sizes = {}
     for recompute in (False, True):
-        model.layers[0].blocks[0].recompute_mlp = recompute
+        kernels.accelerate_cpu(model, recompute_mlp=recompute)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
             model(x)
@@ -119,17 +147,18 @@ def test_mlp_keeps_only_its_input():
     assert sizes[False] - sizes[True] >= 2 * hidden
 
 
-@pytest.mark.parametrize("mlp_chunk_rows", [None, 100])
+@pytest.mark.parametrize("seam, mlp_chunk_rows", [(False, None), (True, None), (True, 100)])
 @pytest.mark.parametrize("shape", [(2, 3, 8, 32, 32), (1, 3, 7, 36, 44)])
-def test_training_gradients_equal_torchvision(monkeypatch, shape, mlp_chunk_rows):
+def test_training_gradients_equal_torchvision(monkeypatch, shape, seam, mlp_chunk_rows):
     """A small Video Swin in training mode: loss, input gradient and every parameter gradient."""
     if mlp_chunk_rows:  # MLP rows in several chunks, the last one short
-        monkeypatch.setattr(kernels, "MLP_MIN_ROWS", mlp_chunk_rows)
-        monkeypatch.setattr(kernels, "MLP_CHUNK_BYTES", 1)
+        monkeypatch.setattr(mlp, "MLP_MIN_ROWS", mlp_chunk_rows)
+        monkeypatch.setattr(mlp, "MLP_CHUNK_BYTES", 1)
     torch.manual_seed(0)
     arch = dict(embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4, 4])
     ref = SwinTransformer3d(patch_size=[2, 4, 4], stochastic_depth_prob=0.0, num_classes=10, **arch).train()
     ours = video_swin.create_model("swin3d_t", num_classes=10, drop_path_rate=0.0, head_dropout=0.0, **arch).train()
+    kernels.accelerate_cpu(ours, enabled=seam)
     report = load_checkpoint(ours, ref.state_dict())
     assert not report.missing and not report.unexpected
     x = torch.randn(shape)
@@ -155,17 +184,17 @@ def test_window_order_is_roll_and_partition(size, window, shift):
     dims = tuple(range(1, len(size) + 1))
     order, position = window_order(size, window, shift)
     expected = window_partition(torch.roll(x, tuple(-s for s in shift), dims), window)
-    windows = kernels.reorder_tokens(x.view(2, -1, 5), order, position)
+    windows = reorder_tokens(x.view(2, -1, 5), order, position)
     assert torch.equal(windows.view_as(expected), expected)
-    back = kernels.reorder_tokens(windows, position, order).view_as(x)
+    back = reorder_tokens(windows, position, order).view_as(x)
     assert torch.equal(back, x)
     # the gradient of a gather with its inverse given equals the scatter's
     leaf = x.view(2, -1, 5).clone().requires_grad_()
     g = torch.randn(2, leaf.shape[1], 5)
-    kernels.reorder_tokens(leaf, order, position).backward(g)
+    reorder_tokens(leaf, order, position).backward(g)
     fast = leaf.grad.clone()
     leaf.grad = None
-    kernels.reorder_tokens(leaf, order).backward(g)
+    reorder_tokens(leaf, order).backward(g)
     assert torch.equal(fast, leaf.grad)
 
 
@@ -177,11 +206,9 @@ def test_fast_paths_under_cpu_bf16_autocast():
     x = torch.randn(2, 3, 8, 32, 32)
     results = {}
     for fast in (False, True):
-        for module in model.modules():
-            if hasattr(module, "recompute_mlp"):
-                module.recompute_mlp = fast
+        kernels.accelerate_cpu(model, enabled=fast)
         model.zero_grad(set_to_none=True)
-        with kernels.fast_paths(attention=fast, linear=fast), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
         assert out.dtype == torch.bfloat16
         out.float().square().mean().backward()
@@ -198,16 +225,16 @@ def test_fast_paths_under_cpu_bf16_autocast():
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_inference_in_mlp_chunks_equals_torchvision(monkeypatch, mode):
     """With grad disabled the MLP runs through the chunked kernel (GELU fused into fc1): same logits."""
-    monkeypatch.setattr(kernels, "MLP_MIN_ROWS", 64)
-    monkeypatch.setattr(kernels, "MLP_CHUNK_BYTES", 1)
+    monkeypatch.setattr(mlp, "MLP_MIN_ROWS", 64)
+    monkeypatch.setattr(mlp, "MLP_CHUNK_BYTES", 1)
     torch.manual_seed(0)
     arch = dict(embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4, 4])
     ref = SwinTransformer3d(patch_size=[2, 4, 4], num_classes=10, **arch).eval()
-    ours = video_swin.create_model("swin3d_t", num_classes=10, **arch).eval()
+    ours = kernels.accelerate_cpu(video_swin.create_model("swin3d_t", num_classes=10, **arch).eval())
     load_checkpoint(ours, ref.state_dict())
     x = torch.randn(2, 3, 8, 36, 44)  # 2*4*9*11 = 792 stage-1 rows: 13 chunks, the last one short
     calls = []
-    monkeypatch.setattr(kernels._RecomputedMlp, "apply", lambda *a, f=kernels._RecomputedMlp.apply: calls.append(1) or f(*a))
+    monkeypatch.setattr(mlp._RecomputedMlp, "apply", lambda *a, f=mlp._RecomputedMlp.apply: calls.append(1) or f(*a))
     with getattr(torch, mode)():
         out, out_ref = ours(x), ref(x)
     assert len(calls) == 4  # every block's MLP went through the kernel
@@ -220,12 +247,12 @@ def test_inference_a_few_windows_at_a_time(monkeypatch, name, shape):
     """Chunked inference (one window per chunk) gives the logits of the whole-map path."""
     torch.manual_seed(0)
     kw = dict(embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=(4, 4, 4))
-    model = video_swin.create_model(name, num_classes=10, **kw).eval()
+    model = kernels.accelerate_cpu(video_swin.create_model(name, num_classes=10, **kw).eval())
     x = torch.randn(shape)
     calls = []
-    real = kernels.windowed_residual
-    monkeypatch.setattr("video_swin.models.swin.windowed_residual", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(kernels, "INFERENCE_CHUNK_BYTES", 1)
+    real = inference.windowed_residual
+    monkeypatch.setattr(fast_block, "windowed_residual", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(inference, "INFERENCE_CHUNK_BYTES", 1)
     with torch.inference_mode():
         with kernels.fast_paths(inference_chunks=False):
             ref = model(x)

@@ -185,11 +185,11 @@ def test_log_spaced_coords_equal_timm_2d():
     torch.testing.assert_close(log_spaced_coords((12, 12), (8, 8)), attn.relative_coords_table.reshape(-1, 2))
 
 
-def test_cosine_cpb_attention_equals_the_formula_in_3d():
+def test_cosine_cpb_attention_equals_the_formula_in_3d(seam):
     """Explicit softmax(cos(q, k) * min(exp(s), 100) + 16 sigmoid(MLP(coords)) + mask) v, shifted 3D windows."""
     torch.manual_seed(0)
     window, heads, dim = (2, 3, 3), 2, 8
-    attn = perturbed_v2(WindowAttention(dim, window, heads, attention="cosine", position_bias="cpb"))
+    attn = seam(perturbed_v2(WindowAttention(dim, window, heads, attention="cosine", position_bias="cpb")))
     with torch.no_grad():
         attn.logit_scale.copy_(torch.tensor([1.0, 6.0]).view(2, 1, 1))  # head 1 above the clamp
     mask = shift_mask((4, 6, 6), window, (1, 1, 1))  # (nW, N, N)
@@ -215,8 +215,8 @@ def test_cosine_cpb_attention_equals_the_formula_in_3d():
     assert rel_diff(out, expected) < 1e-5
 
 
-def test_logit_scale_is_clamped_at_log_100():
-    attn = perturbed_v2(WindowAttention(8, (2, 2), 2, attention="cosine", position_bias="cpb"))
+def test_logit_scale_is_clamped_at_log_100(seam):
+    attn = seam(perturbed_v2(WindowAttention(8, (2, 2), 2, attention="cosine", position_bias="cpb")))
     x = torch.randn(3, 4, 8)
     outs = []
     for value in (LOGIT_SCALE_MAX, 10.0):
@@ -233,10 +233,10 @@ def test_cpb_inputs_built_once_per_window_and_device():
     full = attn.relative_coords_table
     with torch.no_grad():
         model(torch.randn(1, 3, 4, 32, 32))  # T' = 2 < 8: the window in use is (2, 7, 7)
-        first = dict(attn._coords_cache)
+        first = dict(attn.coords_cache)
         model(torch.randn(1, 3, 4, 32, 32))
     assert list(first) == [((2, 7, 7), torch.device("cpu"))]
-    assert attn._coords_cache[((2, 7, 7), torch.device("cpu"))] is first[((2, 7, 7), torch.device("cpu"))]
+    assert attn.coords_cache[((2, 7, 7), torch.device("cpu"))] is first[((2, 7, 7), torch.device("cpu"))]
     assert attn.relative_coords_table is full and "relative_coords_table" not in model.state_dict()
     # Coordinates of the window in use are normalised by that window, as the official code does.
     torch.testing.assert_close(first[((2, 7, 7), torch.device("cpu"))], log_spaced_coords((2, 7, 7)))
@@ -255,13 +255,13 @@ def timm_v2():
 
 
 @pytest.mark.parametrize("layout", ["timm", "official"])
-def test_swinv2_t_logits_match_timm(layout, timm_v2, tmp_path):
+def test_swinv2_t_logits_match_timm(layout, timm_v2, tmp_path, seam):
     state, x, expected = timm_v2
     source = state
     if layout == "official":
         source = tmp_path / "swinv2_tiny_patch4_window8_256.pth"
         torch.save(official_v2_layout(state), source)
-    model = video_swin.create_model("swinv2_t", num_classes=1000).eval()
+    model = seam(video_swin.create_model("swinv2_t", num_classes=1000).eval())
     report = load_checkpoint(model, source)
     assert report.layout == ("timm" if layout == "timm" else "ours")
     assert not report.missing and not report.unexpected and not report.converted

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from tests.data.video_files import textured_frames, write_mp4
 from video_swin.data import BrokenVideoLog, DecodeError, VideoDataset, get_decoder
+from video_swin.data.collate import collate
 from video_swin.data.isolated import IsolatedDecoder
 
 from .broken_videos import HOSTILE, REASONS, HostileDecoder, add_bad_videos, video_name
@@ -67,7 +68,7 @@ def test_training_replaces_and_names_every_kind_once_per_epoch(bad_set, caplog, 
     with caplog.at_level(logging.WARNING):
         for epoch in range(2):
             ds.set_epoch(epoch)
-            for batch in DataLoader(ds, batch_size=4, num_workers=2, shuffle=False):
+            for batch in DataLoader(ds, batch_size=4, num_workers=2, shuffle=False, collate_fn=collate):
                 assert batch["video"].shape == (4, 3, 4, 16, 16) and bool(batch["valid"].all())
                 log.update(batch)
             assert log.end_epoch(epoch) == len(BROKEN)
@@ -85,7 +86,7 @@ def test_evaluation_marks_names_and_keeps_shapes(bad_set, caplog):
     log = BrokenVideoLog(len(ds), max_bad_fraction=None)
     valid = {}
     with caplog.at_level(logging.WARNING):
-        for batch in DataLoader(ds, batch_size=4, num_workers=2):
+        for batch in DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate):
             assert batch["video"].shape == (4, 6, 3, 4, 16, 16)
             valid.update(zip(batch["path"], batch["valid"].tolist()))
             log.update(batch)
@@ -162,7 +163,7 @@ def test_training_skips_and_names_files_that_crash_or_hang_the_decoder(bad_set, 
     hostile_paths = {str(p) for p in paths.values()}
     with caplog.at_level(logging.WARNING):
         batches = 0
-        for batch in DataLoader(ds, batch_size=3, num_workers=2, drop_last=True):
+        for batch in DataLoader(ds, batch_size=3, num_workers=2, drop_last=True, collate_fn=collate):
             assert batch["video"].shape == (3, 3, 4, 16, 16) and bool(batch["valid"].all())
             assert not hostile_paths & set(batch["path"])  # never returned as a sample
             log.update(batch)

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from .formats import describe, infer_window, repeat_over_time, resize_bias_table, to_canonical
-from .io import CheckpointError, StateDict, read_state_dict
-from .loading import LoadReport, assign, check_finite, check_variant
+from .io import CheckpointError, StateDict, WeightFile, read_state_dict, read_weight_file
+from .loading import LoadReport, assign, check_finite, check_variant, load_checkpoint, source_name
 
 log = logging.getLogger(__name__)
 TEMPORAL_INITS = ("average", "center")
@@ -139,7 +139,7 @@ def inflate_state_dict(
 
 def inflate_image_checkpoint(
     model3d: nn.Module,
-    source: str | os.PathLike | Mapping[str, Any],
+    source: str | os.PathLike | Mapping[str, Any] | WeightFile,
     temporal_init: str = "average",
     *,
     keep_head: bool = False,
@@ -177,7 +177,7 @@ def inflate_image_checkpoint(
             "inflate_image_checkpoint needs a video model (e.g. create_model('swin3d_t')); "
             "to load image weights into an image model use load_checkpoint(model, path)"
         )
-    where = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    where = source_name(source)
     raw = read_state_dict(source)
     state, layout, dropped = to_canonical(raw)
     patch = state.get(_PATCH)
@@ -197,8 +197,27 @@ def inflate_image_checkpoint(
     return report
 
 
+def load_image_pretrained(
+    model3d: nn.Module, source: str | os.PathLike | Mapping[str, Any] | WeightFile, temporal_init: str = "average"
+) -> LoadReport:
+    """Initialises a video model from ImageNet weights: a 2D file is inflated, an already inflated one loaded.
+
+    What ``model.pretrained_image`` does at the start of training: the file
+    is read once, and its patch embedding tells which of the two it is (the
+    output of ``video-swin inflate`` is a 3D file). The classifier is never
+    taken over.
+    """
+    weights = read_weight_file(source)
+    state, _, _ = to_canonical(weights.state)
+    patch = state.get(_PATCH)
+    if patch is not None and patch.ndim == 5:
+        return load_checkpoint(model3d, weights, keep_head=False)
+    return inflate_image_checkpoint(model3d, weights, temporal_init)
+
+
 __all__ = [
     "TEMPORAL_INITS",
+    "load_image_pretrained",
     "inflate_bias_table",
     "inflate_cpb_input",
     "inflate_image_checkpoint",

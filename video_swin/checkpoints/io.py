@@ -12,6 +12,7 @@ import os
 import pickle
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,29 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
         raise CheckpointError(f"{side}: sidecar is not valid JSON ({e})") from e
 
 
-def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> StateDict:
+@dataclass(frozen=True)
+class WeightFile:
+    """A checkpoint read once: its tensors, the name it is reported under and its sidecar (if any).
+
+    Every loading function accepts it in place of a path, so a caller that
+    must look at a file before choosing how to load it reads it only once.
+    """
+
+    state: StateDict
+    name: str
+    meta: dict[str, Any] | None = None
+
+
+def read_weight_file(source: str | os.PathLike | Mapping[str, Any] | WeightFile) -> WeightFile:
+    """Reads a checkpoint (and its sidecar) once; see :class:`WeightFile`."""
+    if isinstance(source, WeightFile):
+        return source
+    if isinstance(source, Mapping):
+        return WeightFile(read_state_dict(source), "state dict")
+    return WeightFile(read_state_dict(source), str(source), read_sidecar(source))
+
+
+def read_state_dict(source: str | os.PathLike | Mapping[str, Any] | WeightFile) -> StateDict:
     """Loads the tensors of a checkpoint, unwrapping the common containers.
 
     Args:
@@ -56,6 +79,8 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> StateDict:
     Raises:
         CheckpointError: missing, truncated or unsafe files, or no tensors.
     """
+    if isinstance(source, WeightFile):
+        return dict(source.state)
     if isinstance(source, Mapping):
         obj: Any = source
         where = "state dict"

@@ -13,11 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from .formats import describe, infer_window, resize_bias_table, to_canonical, variant_of
-from .io import CheckpointError, StateDict, read_sidecar, read_state_dict, write_weights
+from .io import CheckpointError, StateDict, WeightFile, read_sidecar, read_state_dict, write_weights
 
 log = logging.getLogger(__name__)
 FORMAT = "video-swin"
 _HEAD = ("head.weight", "head.bias")
+# Speed switches that older files stored among the model's arguments; they
+# belong to video_swin.models.kernels.accelerate_cpu now, not to the model.
+_LEGACY_MODEL_KEYS = ("recompute_mlp", "recompute_qkv")
 
 
 @dataclass
@@ -90,7 +93,10 @@ def _model_window(model: nn.Module) -> tuple[int, ...]:
     return tuple(model.layers[0].window_size)
 
 
-def _source_name(source: Any) -> str:
+def source_name(source: Any) -> str:
+    """How a checkpoint source is named in messages: its path, or "state dict"."""
+    if isinstance(source, WeightFile):
+        return source.name
     return str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
 
 
@@ -155,7 +161,7 @@ def assign(
 
 
 def load_checkpoint(
-    model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *, keep_head: bool = True
+    model: nn.Module, source: str | os.PathLike | Mapping[str, Any] | WeightFile, *, keep_head: bool = True
 ) -> LoadReport:
     """Loads weights of the same dimensionality (2D into 2D, 3D into 3D).
 
@@ -169,7 +175,7 @@ def load_checkpoint(
 
     Args:
         model: a :class:`~video_swin.models.SwinTransformer`.
-        source: path or state dict.
+        source: path, state dict or :class:`~video_swin.checkpoints.io.WeightFile`.
         keep_head: load the classifier when its shape matches.
 
     Returns:
@@ -180,7 +186,7 @@ def load_checkpoint(
             (with a pointer to the right function), Swin V1 weights for a V2
             model or the reverse, or a file that is no match.
     """
-    where = _source_name(source)
+    where = source_name(source)
     raw = read_state_dict(source)
     state, layout, dropped = to_canonical(raw)
     check_finite(state, where)
@@ -198,7 +204,9 @@ def load_checkpoint(
             f"build a video model (e.g. create_model('swin3d_t')) and call load_checkpoint on it"
         )
     check_variant(model, state, where)
-    meta = read_sidecar(source) if isinstance(source, (str, os.PathLike)) else None
+    meta = source.meta if isinstance(source, WeightFile) else (
+        read_sidecar(source) if isinstance(source, (str, os.PathLike)) else None
+    )
     source_window = tuple(meta["model"]["window_size"]) if meta and "model" in meta else None
     report = LoadReport(layout=layout, dropped_buffers=dropped)
     assign(model, state, report, source_window=source_window, keep_head=keep_head, where=where)
@@ -235,7 +243,8 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> tuple[nn.Module, di
             f"{path}: no video-swin sidecar ({Path(path).with_suffix('.json').name}) with the model's "
             f"arguments; build the model with create_model(...) and call load_checkpoint(model, path)"
         )
-    config = {**meta["model"], **overrides}
+    config = {k: v for k, v in meta["model"].items() if k not in _LEGACY_MODEL_KEYS}
+    config.update(overrides)
     name = config.pop("name")
     model = create_model(name, **config)
     report = load_checkpoint(model, path)

@@ -5,20 +5,23 @@ is loaded the first time it is used.
 """
 
 from .annotations import VideoRecord, class_names, read_annotations
-from .broken import BrokenVideoLog, TooManyBrokenVideos, failed_paths, failed_reasons
+from .broken import BrokenVideoLog, DecodeFailure, TooManyBrokenVideos
 from .collate import SharedRingCollate
 from .dataset import VideoDataset
-from .decoders import DecodeError, Decoder, get_decoder
+from .decoder_base import DecodeError, Decoder
+from .decoders import get_decoder
 from .demo import DEMO_CLASSES, ensure_demo_data, make_demo_data
 from .pipeline import build_video_dataset
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, clips_to_float
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, clips_to_float
 
 __all__ = [
     "DEMO_CLASSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "BrokenVideoLog",
+    "ClipTransform",
     "DecodeError",
+    "DecodeFailure",
     "Decoder",
     "SharedRingCollate",
     "TooManyBrokenVideos",
@@ -28,8 +31,6 @@ __all__ = [
     "class_names",
     "clips_to_float",
     "ensure_demo_data",
-    "failed_paths",
-    "failed_reasons",
     "get_decoder",
     "make_demo_data",
     "read_annotations",

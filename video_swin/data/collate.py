@@ -1,4 +1,4 @@
-"""Batches from DataLoader workers through reused shared memory.
+"""Batching: one :func:`collate` for every loader, and batches from workers through reused shared memory.
 
 In a worker, torch's default collate stacks every batch into a newly created
 shared-memory segment, and the main process maps it and unmaps it again.
@@ -17,22 +17,48 @@ and fills them again once the main process is done with them:
   caller, a slow consumer) collates that batch the default way. A kept batch
   is never overwritten and no worker waits.
 
-Batches are those of :func:`torch.utils.data.default_collate`, value for value
-(mappings, sequences, namedtuples, numbers and strings are handled by it);
-only where the tensors live differs. In the main process (``num_workers=0``)
-it is the default collate.
+Both ways build the batch with :func:`collate`: torch's
+:func:`~torch.utils.data.default_collate`, value for value (mappings,
+sequences, namedtuples, numbers and strings are handled by it), except that
+the samples' lists of :class:`~video_swin.data.DecodeFailure` records become
+one flat list. Only where the tensors live differs. In the main process
+(``num_workers=0``) it is :func:`collate` itself.
 """
 
 from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import default_collate, get_worker_info
-from torch.utils.data._utils.collate import collate, collate_tensor_fn, default_collate_fn_map
+from torch.utils.data._utils.collate import collate as torch_collate
+from torch.utils.data._utils.collate import collate_tensor_fn, default_collate_fn_map
+
+from .broken import FAILURES
+
+
+def collate(samples: Sequence[Any]) -> Any:
+    """The batch of ``samples``: :func:`~torch.utils.data.default_collate`, failure records flattened.
+
+    A sample's ``"failures"`` is a list of any length (most often empty), which
+    the default collate cannot batch; the batch's ``"failures"`` is the
+    concatenation of its samples' lists, in sample order.
+    """
+    return _collate_with(samples, default_collate)
+
+
+def _collate_with(samples: Sequence[Any], collate_rest: Callable[[Sequence[Any]], Any]) -> Any:
+    """``collate_rest`` over the samples without their failure lists, the lists joined into one."""
+    first = samples[0] if len(samples) else None
+    if not isinstance(first, Mapping) or FAILURES not in first:
+        return collate_rest(samples)
+    batch = collate_rest([{key: value for key, value in s.items() if key != FAILURES} for s in samples])
+    failures = [failure for s in samples for failure in s.get(FAILURES, ())]
+    return {key: failures if key == FAILURES else batch[key] for key in first}  # the samples' key order
+
 
 _HEADER = 64  # bytes before the payload; byte 0 is 1 while the main process holds the batch
 _ALIGN = 64
@@ -180,8 +206,8 @@ class SharedRingCollate:
 
     def __call__(self, samples: Sequence[Any]) -> Any:
         if get_worker_info() is None:
-            return default_collate(samples)
-        deferred = collate(samples, collate_fn_map=_DEFERRING_MAP)
+            return collate(samples)
+        deferred = _collate_with(samples, lambda rest: torch_collate(rest, collate_fn_map=_DEFERRING_MAP))
         leaves: list[Any] = []
 
         def collect(leaf: Any) -> Any:

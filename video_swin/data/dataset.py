@@ -6,17 +6,19 @@ import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from .annotations import build_classes, read_annotations, resolve_labels
-from .broken import TooManyBrokenVideos, too_many
-from .decoders import DecodeError, Decoder, get_decoder
+from .broken import FAILURES, DecodeFailure, TooManyBrokenVideos, too_many
+from .decoder_base import DecodeError, Decoder
+from .decoders import get_decoder
 from .isolated import isolate
 from .sampling import eval_clip_indices, train_clip_indices
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform
+from .transforms import ClipTransform, dataset_transform
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +42,13 @@ class VideoDataset(Dataset):
     """Kinetics-style video classification dataset, following the official Video Swin recipe.
 
     Training: one random clip of ``clip_len`` frames every ``frame_interval``
-    frames, short side to ``short_side``, random resized crop to ``crop_size``,
-    optional flip/RandAugment/random erasing. Validation: ``num_clips`` evenly
-    spaced clips, short side ``short_side``, ``num_crops`` crops. Test: the same
-    with the short side at ``crop_size`` (official test recipe). All views of
-    a video come from one decode of the union of their frames.
+    frames. Validation and test: ``num_clips`` evenly spaced clips. The frames
+    then go through one :class:`~video_swin.data.transforms.ClipTransform`
+    (``transform``; by default the official recipe of ``mode`` at ``crop_size``:
+    a random resized crop and flip in training; ``num_crops`` crops per clip in
+    val and test, of frames whose short side is ``8/7 * crop_size`` in val and
+    ``crop_size`` in test). All views of a video come from one decode of the
+    union of their frames.
 
     The randomness of sample ``i`` depends only on ``(seed, epoch, i)``: the
     same clip comes out whichever worker or process loads it. Call
@@ -57,9 +61,13 @@ class VideoDataset(Dataset):
     ``"valid": False`` and a zero video, so evaluation can report it. Either
     way the path is logged once per process (at INFO level inside a
     DataLoader worker, where the main process's :class:`BrokenVideoLog` names
-    it instead) and listed in the sample's ``"failed"`` field, with the reason
-    in ``"failed_reasons"``; more distinct failures than ``max_bad_fraction``
-    of the dataset (as seen by one process) raise :class:`TooManyBrokenVideos`.
+    it instead) and listed with its reason in the sample's ``"failures"``
+    (:class:`~video_swin.data.DecodeFailure` records); more distinct failures
+    than ``max_bad_fraction`` of the dataset (as seen by one process) raise
+    :class:`TooManyBrokenVideos`. Batch samples with
+    ``collate_fn=``:func:`~video_swin.data.collate.collate` (or
+    :class:`~video_swin.data.SharedRingCollate`): torch's default collate
+    refuses lists of failures whose lengths differ within a batch.
 
     Args:
         annotations: Kinetics CSV, mmaction list, or class-per-folder directory
@@ -70,21 +78,15 @@ class VideoDataset(Dataset):
         clip_len: Frames per clip (T).
         frame_interval: Step between sampled frames.
         num_clips: Clips per video in val/test mode (1 in training).
-        num_crops: Crops per clip in val/test mode: 1 (centre) or 3 (along the long side).
-        crop_size: Output side (S).
+        num_crops: Crops per clip in val/test mode: 1 (centre) or 3 (along the long side);
+            default 1, or the transform's.
+        crop_size: Output side (S); default 224, or the transform's.
         decoder: "decord" (falls back to PyAV per file), "pyav", or a :class:`Decoder`.
         seed: Base seed of all sampling randomness.
-        short_side: Short side of the frame crops are taken from; default
-            ``round(crop_size * 8 / 7)`` (256 for 224) in train/val, ``crop_size`` in test.
-        flip: Random horizontal flip in training (off for direction-sensitive classes).
-        scale: Area range of the training crop.
-        ratio: Aspect-ratio range of the training crop.
-        rand_augment: ``(num_ops, magnitude)`` RandAugment in training, or None.
-        random_erasing: Probability of random erasing in training.
-        mean: Normalisation mean (0-255 scale).
-        std: Normalisation std (0-255 scale).
-        antialias: Antialiased resizing; off by default, like the OpenCV bilinear
-            resize of the official pipeline.
+        transform: The spatial recipe, built once (e.g. ``ClipTransform("val", 224,
+            256, output="uint8")``); its mode must be "train" for a training set
+            and "val" or "test" otherwise. None builds the default one from
+            ``mode``, ``crop_size``, ``num_crops`` and ``transform_options``.
         classes: Class names (or a file with one per line); default: those the
             annotations define. Pass the training set's ``classes`` to evaluation
             sets: a label they do not contain is an error naming it.
@@ -96,11 +98,9 @@ class VideoDataset(Dataset):
             a decoder that crashes or hangs on a file costs that file only,
             which is then handled as a broken video (see
             :class:`~video_swin.data.isolated.IsolatedDecoder`).
-        output: ``"float"``: ``"video"`` is normalised float32; ``"uint8"``:
-            cropped, resized and flipped but not normalised, 4x fewer bytes
-            for DataLoader workers to send; :func:`~video_swin.data.clips_to_float`
-            normalises it where it is used (the trainer, evaluation and
-            prediction do so on their device).
+        **transform_options: Options of the default transform, as
+            :class:`~video_swin.data.transforms.ClipTransform` names them
+            (``short_side``, ``flip``, ``output``, ...); only without ``transform``.
     """
 
     def __init__(
@@ -111,31 +111,26 @@ class VideoDataset(Dataset):
         clip_len: int = 32,
         frame_interval: int = 2,
         num_clips: int = 1,
-        num_crops: int = 1,
-        crop_size: int = 224,
+        num_crops: int | None = None,
+        crop_size: int | None = None,
         decoder: str | Decoder = "decord",
         seed: int = 0,
         *,
-        short_side: int | None = None,
-        flip: bool = True,
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        rand_augment: tuple[int, int] | None = None,
-        random_erasing: float = 0.0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        antialias: bool = False,
+        transform: ClipTransform | None = None,
         classes: Sequence[str] | str | Path | None = None,
         max_bad_fraction: float = 0.05,
         max_attempts: int = 10,
         decoder_threads: int = 1,
         decode_timeout: float | None = None,
-        output: str = "float",
+        **transform_options: Any,
     ) -> None:
         if mode not in ("train", "val", "test"):
             raise ValueError(f"mode must be 'train', 'val' or 'test', got {mode!r}")
-        if mode == "train" and (num_clips, num_crops) != (1, 1):
+        if mode == "train" and (num_clips, num_crops or 1) != (1, 1):
             raise ValueError(f"training takes one clip and one crop per video, got {num_clips=} and {num_crops=}")
+        self.transform = dataset_transform(
+            mode, transform, crop_size=crop_size, num_crops=num_crops, **transform_options
+        )
         parsed = read_annotations(annotations, root)
         self.source = parsed.source
         self.records = parsed.records
@@ -143,20 +138,14 @@ class VideoDataset(Dataset):
         self.classes = build_classes(parsed, classes)
         self.labels = resolve_labels(self.records, self.classes, parsed.source)
         self.mode, self.clip_len, self.frame_interval = mode, clip_len, frame_interval
-        self.num_clips, self.num_crops, self.crop_size = num_clips, num_crops, crop_size
+        self.num_clips, self.num_crops = num_clips, self.transform.num_views_per_clip
+        self.crop_size = self.transform.crop_size
         self.seed, self.epoch = seed, 0
         self.max_bad_fraction, self.max_attempts = max_bad_fraction, max_attempts
         if isinstance(decoder, Decoder):
             self.decoder = isolate(decoder, decode_timeout)
         else:
             self.decoder = get_decoder(decoder, num_threads=decoder_threads, timeout=decode_timeout)
-        if short_side is None:
-            short_side = crop_size if mode == "test" else round(crop_size * 8 / 7)
-        self.transform = ClipTransform(
-            mode, crop_size, short_side, num_crops=num_crops, flip=flip, scale=scale, ratio=ratio,
-            rand_augment=rand_augment, random_erasing=random_erasing, mean=mean, std=std, antialias=antialias,
-            output=output,
-        )  # fmt: skip
         self._bad: dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -182,11 +171,10 @@ class VideoDataset(Dataset):
         Returns:
             ``{"video": float32 Tensor[3, T, S, S] (train) or Tensor[V, 3, T, S, S]
             (val/test, V = num_clips * num_crops, clip-major), "label": int,
-            "index": int, "path": str, "valid": bool, "failed": str,
-            "failed_reasons": str}``. In training, after a replacement,
-            index/path/label are those of the video returned and ``"failed"``
-            lists (newline-joined) the paths that failed first, ``"failed_reasons"``
-            why, line by line.
+            "index": int, "path": str, "valid": bool, "failures": list[DecodeFailure]}``.
+            In training, after a replacement, index/path/label are those of the
+            video returned and ``"failures"`` lists the videos that failed first,
+            with their reasons; in val/test an invalid sample lists its own video.
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} videos")
@@ -197,12 +185,10 @@ class VideoDataset(Dataset):
                 self._record_failure(exc)
                 shape = (self.num_views, 3, self.clip_len, self.crop_size, self.crop_size)
                 dtype = torch.uint8 if self.transform.output == "uint8" else torch.float32
-                return self._sample(index, torch.zeros(shape, dtype=dtype), valid=False,
-                                    failed=[self.records[index].path],
-                                    reasons=[exc.reason])
+                failure = DecodeFailure(self.records[index].path, exc.reason)
+                return self._sample(index, torch.zeros(shape, dtype=dtype), valid=False, failures=[failure])
             return self._sample(index, video)
-        failed: list[str] = []
-        reasons: list[str] = []
+        failures: list[DecodeFailure] = []
         target = index
         for attempt in range(self.max_attempts):
             if attempt > 0:
@@ -211,11 +197,11 @@ class VideoDataset(Dataset):
                 video = self._load(target, [self.seed, self.epoch, index, attempt])[0]
             except DecodeError as exc:
                 self._record_failure(exc)
-                failed.append(self.records[target].path)
-                reasons.append(exc.reason)
+                failures.append(DecodeFailure(self.records[target].path, exc.reason))
                 continue
-            return self._sample(target, video, failed=failed, reasons=reasons)
-        raise RuntimeError(f"{self.max_attempts} videos in a row could not be decoded: {', '.join(failed)}")
+            return self._sample(target, video, failures=failures)
+        paths = ", ".join(f.path for f in failures)
+        raise RuntimeError(f"{self.max_attempts} videos in a row could not be decoded: {paths}")
 
     def _load(self, index: int, sample_seed: list[int] | None) -> torch.Tensor:
         """Decodes and transforms video ``index``: ``Tensor[V, 3, T, S, S]``.
@@ -254,8 +240,7 @@ class VideoDataset(Dataset):
         index: int,
         video: torch.Tensor,
         valid: bool = True,
-        failed: Sequence[str] = (),
-        reasons: Sequence[str] = (),
+        failures: Sequence[DecodeFailure] = (),
     ) -> dict:
         return {
             "video": video,
@@ -263,8 +248,7 @@ class VideoDataset(Dataset):
             "index": index,
             "path": self.records[index].path,
             "valid": valid,
-            "failed": "\n".join(failed),
-            "failed_reasons": "\n".join(" ".join(r.split()) for r in reasons),  # one line per failed path
+            FAILURES: list(failures),
         }
 
     def __repr__(self) -> str:

@@ -11,14 +11,17 @@ counts it. The PyAV backend seeks to the keyframe before the first wanted frame
 and maps timestamps to indices at the stream's average rate, which is exact for
 constant-frame-rate video (Kinetics, the demo data); it decodes from the start,
 counting frames, whenever the seek does not land before the wanted frame.
+
+The interface (:class:`~video_swin.data.decoder_base.Decoder`) lives in its own
+module, which the helper-process wrapper (:mod:`~video_swin.data.isolated`)
+also builds on; :func:`get_decoder` composes a backend with that wrapper.
 """
 
 from __future__ import annotations
 
-import abc
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
@@ -27,11 +30,10 @@ import numpy as np
 import torch
 import torch.utils.dlpack
 
-from ..errors import DecodeError
+from .decoder_base import DecodeError, Decoder, IndexSelector
+from .isolated import isolate
 
 logger = logging.getLogger(__name__)
-
-IndexSelector = Callable[[int], Sequence[int] | np.ndarray]
 
 _decord: ModuleType | None = None
 
@@ -70,48 +72,6 @@ def _check_indices(path: str | Path, indices: np.ndarray, num_frames: int) -> No
         raise ValueError(
             f"{path}: frame indices must lie in [0, {num_frames}), got {int(indices.min())}..{int(indices.max())}"
         )
-
-
-class Decoder(abc.ABC):
-    """Reads chosen frames of a video file as uint8 RGB.
-
-    Subclasses implement :meth:`read`; a decoder holds no open file between calls
-    and is cheap to pickle into DataLoader workers.
-    """
-
-    name: str = "base"
-
-    @abc.abstractmethod
-    def read(self, path: str | Path, select: IndexSelector) -> tuple[torch.Tensor, np.ndarray]:
-        """Opens ``path`` once, chooses indices from its frame count, decodes them.
-
-        Args:
-            path: Video file.
-            select: Called with the number of frames N; returns the frame indices
-                to read (any order, repeats allowed, each in [0, N)).
-
-        Returns:
-            ``(frames, indices)``: frames ``Tensor[len(indices), H, W, 3]`` uint8 in
-            the order of ``indices``, and the indices as an int64 array.
-
-        Raises:
-            DecodeError: The file is missing, empty, truncated or not a video.
-        """
-
-    def get_frames(self, path: str | Path, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """Frames at ``indices``: ``Tensor[len(indices), H, W, 3]`` uint8."""
-        return self.read(path, lambda _: indices)[0]
-
-    def num_frames(self, path: str | Path) -> int:
-        """Number of frames of ``path``, as this decoder indexes them."""
-        count: list[int] = []
-
-        def select(n: int) -> list[int]:
-            count.append(n)
-            return [0]
-
-        self.read(path, select)
-        return count[0]
 
 
 class DecordDecoder(Decoder):
@@ -311,8 +271,6 @@ def get_decoder(
         The decoder.
     """
     if timeout is not None:
-        from .isolated import isolate  # noqa: PLC0415  (circular: it builds on this module)
-
         return isolate(get_decoder(name, fallback=fallback, num_threads=num_threads), timeout)
     if name == "pyav":
         return PyAVDecoder(thread_count=num_threads)

@@ -43,7 +43,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 
-from .decoders import DecodeError, Decoder, IndexSelector
+from .decoder_base import DecodeError, Decoder, IndexSelector
 
 logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1

@@ -7,6 +7,8 @@ from torch.utils.data import Dataset, IterableDataset
 from .dataset import VideoDataset
 
 PIPELINES = ("native", "pytorchvideo")
+# Decoding options of VideoDataset that pytorchvideo, decoding on its own, has no use for.
+_NATIVE_ONLY = ("max_bad_fraction", "max_attempts", "decoder_threads", "decode_timeout")
 
 
 def build_video_dataset(*args, pipeline: str = "native", **kwargs) -> Dataset | IterableDataset:
@@ -18,7 +20,7 @@ def build_video_dataset(*args, pipeline: str = "native", **kwargs) -> Dataset | 
             "pytorchvideo" (:class:`~video_swin.data.pytorchvideo_pipeline.PytorchvideoDataset`,
             iterable; ``decoder``, ``max_bad_fraction``, ``max_attempts``,
             ``decoder_threads`` and ``decode_timeout`` do not apply to it and are ignored).
-        **kwargs: Passed to the dataset.
+        **kwargs: Passed to the dataset, e.g. ``transform=ClipTransform(...)``.
 
     Returns:
         The dataset; both yield the same sample dicts.
@@ -28,9 +30,7 @@ def build_video_dataset(*args, pipeline: str = "native", **kwargs) -> Dataset | 
     if pipeline == "pytorchvideo":
         from .pytorchvideo_pipeline import PytorchvideoDataset  # noqa: PLC0415  (imports pytorchvideo)
 
-        if kwargs.pop("output", "float") != "float":
-            raise ValueError("output='uint8' is only available in the native pipeline")
-        for key in ("max_bad_fraction", "max_attempts", "decoder_threads", "decode_timeout"):
+        for key in _NATIVE_ONLY:
             kwargs.pop(key, None)
         return PytorchvideoDataset(*args, **kwargs)
     raise ValueError(f"unknown data pipeline {pipeline!r}; expected one of {PIPELINES}")

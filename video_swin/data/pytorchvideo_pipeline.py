@@ -17,13 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
 from .annotations import build_classes, read_annotations, resolve_labels
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform
+from .broken import FAILURES
+from .transforms import ClipTransform, dataset_transform
 
 
 def uniform_temporal_indices(num_frames: int, clip_len: int) -> torch.Tensor:
@@ -42,16 +44,17 @@ class PytorchvideoDataset(IterableDataset):
         clip_len: Frames per clip (T).
         frame_interval: Frame step the clip span is computed from.
         num_clips: Clips per video in val/test.
-        num_crops: Crops per clip in val/test (1 or 3).
-        crop_size: Output side (S).
+        num_crops: Crops per clip in val/test (1 or 3); default 1, or the transform's.
+        crop_size: Output side (S); default 224, or the transform's.
         decoder: Ignored (kept for a signature like ``VideoDataset``'s): pytorchvideo
             decodes with its own PyAV reader here; its decord reader sets decord's
             global bridge at import time.
         seed: Seed of the spatial augmentation.
+        transform: The spatial recipe, as for ``VideoDataset``; its output must be "float".
+        classes: As for ``VideoDataset``.
         fps: Frame rate assumed to turn the clip span into seconds.
         shuffle: Shuffle the video order (default: in training only).
-        **transform_kwargs: ``short_side``, ``flip``, ``scale``, ``ratio``,
-            ``rand_augment``, ``random_erasing``, ``mean``, ``std``, ``antialias`` as for ``VideoDataset``.
+        **transform_options: Options of the default transform, as for ``VideoDataset``.
     """
 
     def __init__(
@@ -62,40 +65,33 @@ class PytorchvideoDataset(IterableDataset):
         clip_len: int = 32,
         frame_interval: int = 2,
         num_clips: int = 1,
-        num_crops: int = 1,
-        crop_size: int = 224,
+        num_crops: int | None = None,
+        crop_size: int | None = None,
         decoder: str = "pyav",
         seed: int = 0,
         *,
+        transform: ClipTransform | None = None,
         classes: Sequence[str] | str | Path | None = None,
         fps: float = 30.0,
         shuffle: bool | None = None,
-        short_side: int | None = None,
-        flip: bool = True,
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        rand_augment: tuple[int, int] | None = None,
-        random_erasing: float = 0.0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        antialias: bool = False,
+        **transform_options: Any,
     ) -> None:
         from pytorchvideo.data import LabeledVideoDataset, make_clip_sampler  # noqa: PLC0415
 
-        if mode == "train" and (num_clips, num_crops) != (1, 1):
+        if mode == "train" and (num_clips, num_crops or 1) != (1, 1):
             raise ValueError(f"training takes one clip and one crop per video, got {num_clips=} and {num_crops=}")
+        self.transform = dataset_transform(
+            mode, transform, crop_size=crop_size, num_crops=num_crops, **transform_options
+        )
+        if self.transform.output != "float":
+            raise ValueError("output='uint8' is only available in the native pipeline")
         parsed = read_annotations(annotations, root)
         self.records, self.missing = parsed.records, parsed.missing
         self.classes = build_classes(parsed, classes)
         self.labels = resolve_labels(self.records, self.classes, parsed.source)
-        self.mode, self.clip_len, self.num_clips, self.crop_size = mode, clip_len, num_clips, crop_size
+        self.mode, self.clip_len, self.num_clips = mode, clip_len, num_clips
+        self.crop_size = self.transform.crop_size
         self.seed, self.epoch = seed, 0
-        if short_side is None:
-            short_side = crop_size if mode == "test" else round(crop_size * 8 / 7)
-        self.transform = ClipTransform(
-            mode, crop_size, short_side, num_crops=num_crops, flip=flip, scale=scale, ratio=ratio,
-            rand_augment=rand_augment, random_erasing=random_erasing, mean=mean, std=std, antialias=antialias,
-        )  # fmt: skip
         duration = Fraction(clip_len * frame_interval) / Fraction(fps).limit_denominator(1001)
         if mode == "train":
             clip_sampler = make_clip_sampler("random", duration)
@@ -143,5 +139,5 @@ class PytorchvideoDataset(IterableDataset):
             "index": index,
             "path": self.records[index].path,
             "valid": True,
-            "failed": "",
+            FAILURES: [],  # pytorchvideo skips a video it cannot decode (and logs it at debug level)
         }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,12 +162,18 @@ def clips_to_float(
 class ClipTransform:
     """Turns decoded frames into normalised views, train or evaluation recipe.
 
+    The one place the spatial recipe's options are named: datasets take a
+    built ``ClipTransform`` (or build the default one from their mode and
+    crop size), and the engine builds it once from the ``data.*`` config.
+
     Args:
         mode: "train" (one random resized crop, optional flip/RandAugment/erasing),
             "val" or "test" (``num_crops`` deterministic crops per clip: 1 = centre,
             3 = start/middle/end of the long side).
         crop_size: Output side of every view.
-        short_side: Short side of the frame the crops are taken from.
+        short_side: Short side of the frame the crops are taken from; default
+            ``round(crop_size * 8 / 7)`` (256 for 224) in train/val, ``crop_size``
+            in test (the official recipes).
         num_crops: Crops per clip in val/test mode (1 or 3).
         flip: Random horizontal flip (p=0.5) in training; turn off for
             direction-sensitive data (SSv2, the demo's left/right pair).
@@ -186,8 +193,8 @@ class ClipTransform:
     def __init__(
         self,
         mode: str,
-        crop_size: int,
-        short_side: int,
+        crop_size: int = 224,
+        short_side: int | None = None,
         *,
         num_crops: int = 1,
         flip: bool = True,
@@ -209,11 +216,14 @@ class ClipTransform:
         self.output = output
         if num_crops not in (1, 3):
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        if short_side is None:
+            short_side = crop_size if mode == "test" else round(crop_size * 8 / 7)
         if short_side < crop_size and mode != "train":
             raise ValueError(f"short_side ({short_side}) must be >= crop_size ({crop_size}) for {mode}")
         self.mode, self.crop_size, self.short_side, self.num_crops = mode, crop_size, short_side, num_crops
         self.flip, self.scale, self.ratio = flip, scale, ratio
         self.mean, self.std, self.antialias = tuple(mean), tuple(std), antialias
+        self.rand_augment, self.random_erasing = rand_augment, random_erasing
         self._rand_augment = None
         if rand_augment is not None:
             from torchvision.transforms import v2  # noqa: PLC0415
@@ -228,6 +238,19 @@ class ClipTransform:
     @property
     def num_views_per_clip(self) -> int:
         return 1 if self.mode == "train" else self.num_crops
+
+    def __repr__(self) -> str:
+        if self.mode == "train":
+            options = (
+                f"flip={self.flip}, scale={self.scale}, rand_augment={self.rand_augment}, "
+                f"random_erasing={self.random_erasing}"
+            )
+        else:
+            options = f"num_crops={self.num_crops}"
+        return (
+            f"{type(self).__name__}({self.mode!r}, crop_size={self.crop_size}, short_side={self.short_side}, "
+            f"{options}, output={self.output!r})"
+        )
 
     def boxes(self, height: int, width: int, rng: np.random.Generator | None = None) -> list[Box]:
         """Crop boxes in source pixels for a ``height`` x ``width`` video."""
@@ -287,3 +310,43 @@ class ClipTransform:
             return normalize(views, self.mean, self.std, flip=flip)
         views = views.flip(-1) if flip else views
         return views.transpose(1, 2).contiguous()  # (V, 3, T, S, S) uint8
+
+
+def dataset_transform(
+    mode: str,
+    transform: ClipTransform | None = None,
+    *,
+    crop_size: int | None = None,
+    num_crops: int | None = None,
+    **options: Any,
+) -> ClipTransform:
+    """The transform a dataset in ``mode`` applies.
+
+    Args:
+        mode: The dataset's mode ("train", "val" or "test").
+        transform: A built transform: returned as it is, after checking that it
+            fits the dataset (the training recipe for a training set, an
+            evaluation recipe otherwise; ``crop_size`` and ``num_crops``, where
+            given, equal to its own).
+        crop_size: Output side of the default transform (224 when None).
+        num_crops: Crops per clip of the default transform (1 when None).
+        **options: Further :class:`ClipTransform` options of the default
+            transform (``short_side``, ``flip``, ``output``, ...); only without
+            ``transform``.
+
+    Returns:
+        ``transform``, or ``ClipTransform(mode, crop_size, num_crops=num_crops, **options)``.
+    """
+    if transform is None:
+        return ClipTransform(
+            mode, 224 if crop_size is None else crop_size, num_crops=1 if num_crops is None else num_crops, **options
+        )
+    if options:
+        raise TypeError(f"{', '.join(sorted(options))}: set these on the ClipTransform passed as transform=")
+    if (transform.mode == "train") != (mode == "train"):
+        raise ValueError(f"a {mode!r} dataset cannot use a ClipTransform built for {transform.mode!r}")
+    if crop_size is not None and crop_size != transform.crop_size:
+        raise ValueError(f"crop_size={crop_size} differs from the transform's crop_size={transform.crop_size}")
+    if num_crops is not None and num_crops != transform.num_views_per_clip:
+        raise ValueError(f"num_crops={num_crops} differs from the transform's {transform.num_views_per_clip} per clip")
+    return transform

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +13,15 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..checkpoints import inflate_image_checkpoint, load_checkpoint, read_state_dict
-from ..checkpoints.formats import to_canonical
+from ..checkpoints import load_checkpoint, load_image_pretrained
 from ..checkpoints.io import read_sidecar
-from ..config import Config, parse_views
-from ..data import SharedRingCollate, build_video_dataset, class_names
+from ..config import Config, Views
+from ..data import ClipTransform, SharedRingCollate, build_video_dataset, class_names
 from ..data.annotations import read_class_file
+from ..data.collate import collate
 from ..errors import CheckpointError, ConfigError, TrainingError  # noqa: F401  (re-exported)
 from ..models import create_model
+from ..models.kernels import accelerate_cpu
 
 log = logging.getLogger(__name__)
 
@@ -50,44 +51,53 @@ def make_accelerator(cfg: Config) -> Accelerator:
 
 def _common_data_args(cfg: Config, classes: Sequence[str] | str | None) -> dict[str, Any]:
     d = cfg.data
-    return dict(clip_len=d.clip_len, frame_interval=d.frame_interval, crop_size=d.crop_size, decoder=d.decoder,
-                seed=cfg.seed, classes=classes, pipeline=d.pipeline, max_bad_fraction=d.max_bad_fraction,
-                decode_timeout=d.decode_timeout, output=d.output)
+    return dict(clip_len=d.clip_len, frame_interval=d.frame_interval, decoder=d.decoder, seed=cfg.seed,
+                classes=classes, pipeline=d.pipeline, max_bad_fraction=d.max_bad_fraction,
+                decode_timeout=d.decode_timeout)
+
+
+def _clip_transform(cfg: Config, mode: str, num_crops: int = 1) -> ClipTransform:
+    """The spatial recipe of ``mode`` from ``data.*``; the augmentations apply to training only."""
+    d = cfg.data
+    if mode != "train":
+        short_side = d.train_short_side if mode == "val" else d.test_short_side
+        return ClipTransform(mode, d.crop_size, short_side, num_crops=num_crops, output=d.output)
+    return ClipTransform("train", d.crop_size, d.train_short_side, flip=d.flip, scale=tuple(d.crop_scale),
+                         rand_augment=tuple(d.rand_augment) if d.rand_augment else None,
+                         random_erasing=d.random_erasing, output=d.output)
 
 
 def build_test_dataset(
-    cfg: Config, classes: Sequence[str], views: str | None = None, *, videos: Sequence[str] | None = None
+    cfg: Config, classes: Sequence[str], views: Views | None = None, *, videos: Sequence[str] | None = None
 ) -> Any:
     """The multi-view test set: ``views`` (default ``eval.views``) per video.
 
     Args:
         cfg: data settings.
         classes: class names (labels are indices into them).
-        views: ``"CLIPSxCROPS"``.
+        views: clips x crops (default ``eval.views``).
         videos: score these files (unlabelled, in the native pipeline, no
             failure fatal) instead of ``data.val_annotations``.
     """
-    clips, crops = parse_views(views or cfg.eval.views)
+    clips, crops = views or cfg.eval.parsed_views
     args = _common_data_args(cfg, list(classes))
     annotations: Any = cfg.data.val_annotations
     root: str | None = cfg.data.root
     if videos is not None:
         args.update(pipeline="native", max_bad_fraction=1.0)
         annotations, root = list(videos), None
-    return build_video_dataset(annotations, root, mode="test", num_clips=clips, num_crops=crops,
-                               short_side=cfg.data.test_short_side, **args)
+    return build_video_dataset(annotations, root, mode="test", num_clips=clips,
+                               transform=_clip_transform(cfg, "test", crops), **args)
 
 
 def build_datasets(cfg: Config) -> tuple[Any, Any, Any]:
     """Training set, single-view validation set and the multi-view test set."""
     d = cfg.data
     common = _common_data_args(cfg, d.classes)
-    train = build_video_dataset(
-        d.train_annotations, d.root, mode="train", short_side=d.train_short_side, flip=d.flip, scale=tuple(d.crop_scale),
-        rand_augment=tuple(d.rand_augment) if d.rand_augment else None, random_erasing=d.random_erasing, **common,
-    )  # fmt: skip
+    train = build_video_dataset(d.train_annotations, d.root, mode="train", transform=_clip_transform(cfg, "train"),
+                                **common)
     common["classes"] = list(train.classes)
-    val = build_video_dataset(d.val_annotations, d.root, mode="val", short_side=d.train_short_side, **common)
+    val = build_video_dataset(d.val_annotations, d.root, mode="val", transform=_clip_transform(cfg, "val"), **common)
     return train, val, build_test_dataset(cfg, train.classes)
 
 
@@ -100,9 +110,12 @@ def eval_loader(ds: Any, cfg: Config) -> DataLoader:
                       collate_fn=collate_fn(cfg))
 
 
-def collate_fn(cfg: Config) -> SharedRingCollate | None:
-    """The loaders' ``collate_fn``: a ring of ``data.shm_slots`` reused buffers per worker, or torch's default."""
-    return SharedRingCollate(cfg.data.shm_slots) if cfg.data.shm_slots and cfg.data.num_workers else None
+def collate_fn(cfg: Config) -> Callable[[Sequence[Any]], Any]:
+    """The loaders' ``collate_fn``: a ring of ``data.shm_slots`` reused buffers per worker, or the data collate.
+
+    Both batch alike (:func:`~video_swin.data.collate.collate`: decode failures as one flat list of records).
+    """
+    return SharedRingCollate(cfg.data.shm_slots) if cfg.data.shm_slots and cfg.data.num_workers else collate
 
 
 def model_from_config(cfg: Config, num_classes: int) -> nn.Module:
@@ -113,23 +126,30 @@ def model_from_config(cfg: Config, num_classes: int) -> nn.Module:
     overrides = {k: getattr(m, k) for k in keys if getattr(m, k)}
     try:
         return create_model(m.name, num_classes=num_classes, drop_path_rate=m.drop_path_rate,
-                            head_dropout=m.head_dropout, use_checkpoint=m.use_checkpoint,
-                            recompute_mlp=m.recompute_mlp, recompute_qkv=m.recompute_qkv, **overrides)
+                            head_dropout=m.head_dropout, use_checkpoint=m.use_checkpoint, **overrides)
     except ValueError as e:  # options that do not fit together (e.g. depths and num_heads of other lengths)
         raise ConfigError(f"model: {e}") from e
 
 
+def for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """Applies the device's fast paths to a built model (the kernel seam); the reference model elsewhere.
+
+    On CPU that is :func:`~video_swin.models.kernels.accelerate_cpu` (fused
+    attention, oneDNN linears, recomputation, chunked inference; same
+    weights and state-dict keys, same results within float rounding). On
+    GPUs the reference model's SDPA already takes the fused kernels.
+    """
+    if torch.device(device).type == "cpu":
+        accelerate_cpu(model)
+    return model
+
+
 def build_model(cfg: Config, num_classes: int, accelerator: Accelerator) -> nn.Module:
-    """The model of ``cfg.model``, with pretrained weights inflated or loaded as configured."""
+    """The model of ``cfg.model``, with pretrained weights inflated or loaded as configured, for the run's device."""
     m = cfg.model
-    model = model_from_config(cfg, num_classes)
+    model = for_device(model_from_config(cfg, num_classes), accelerator.device)
     if m.pretrained_image:
-        state, _, _ = to_canonical(read_state_dict(m.pretrained_image))
-        patch = state.get("patch_embed.proj.weight")
-        if patch is not None and patch.ndim == 5:  # already inflated (scripts/inflate.py output)
-            report = load_checkpoint(model, m.pretrained_image, keep_head=False)
-        else:
-            report = inflate_image_checkpoint(model, m.pretrained_image, temporal_init=m.temporal_init)
+        report = load_image_pretrained(model, m.pretrained_image, temporal_init=m.temporal_init)
         accelerator.print(f"initialised from {m.pretrained_image}\n{report}")
     if m.pretrained_video:
         report = load_checkpoint(model, m.pretrained_video)

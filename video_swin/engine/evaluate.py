@@ -17,17 +17,19 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..config import Config, ConfigError, parse_views
+from ..config import Config, ConfigError, Views, parse_views
 from ..data import BrokenVideoLog, clips_to_float
 from .build import (
     build_test_dataset,
     checkpoint_classes,
     config_classes,
     eval_loader,
+    for_device,
     load_trained_weights,
     make_accelerator,
     model_from_config,
 )
+from .plots import plot_confusion
 
 log = logging.getLogger(__name__)
 
@@ -169,42 +171,6 @@ def write_report(
     return summary
 
 
-def plot_confusion(result: VideoScores, classes: Sequence[str], path: Path) -> None:
-    """Row-normalised heat map for up to 40 classes; the 20 most frequent confusions otherwise."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(classes)
-    ok = result.valid
-    pred = result.scores[ok].argmax(1)
-    cm = torch.zeros(n, n)
-    cm.index_put_((result.label[ok], pred), torch.ones(len(pred)), accumulate=True)
-    if n <= 40:
-        norm = cm / cm.sum(1, keepdim=True).clamp(min=1)
-        fig, ax = plt.subplots(figsize=(max(5, 0.45 * n + 2), max(4, 0.45 * n + 1.5)))
-        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-        ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(n), classes, fontsize=8)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
-    else:
-        off = cm.clone()
-        off.fill_diagonal_(0)
-        values, flat = off.flatten().topk(min(20, int((off > 0).sum()) or 1))
-        names = [f"{classes[i // n]} -> {classes[i % n]}" for i in flat.tolist()]
-        fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
-        ax.barh(range(len(names))[::-1], values.tolist())
-        ax.set_yticks(range(len(names))[::-1], names, fontsize=8)
-        ax.set_xlabel("videos")
-    ax.set_title("confusions (true -> predicted)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def run_evaluation(
     model: nn.Module,
     loader: Iterable[dict[str, Any]],
@@ -271,7 +237,7 @@ def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    views: str | None = None,
+    views: Views | str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Evaluates a checkpoint on ``cfg.data.val_annotations`` with multi-view testing.
@@ -288,7 +254,7 @@ def evaluate_checkpoint(
         cfg: the config (data, model, ``eval.*`` and precision settings).
         checkpoint: weights file.
         out_dir: report folder.
-        views: ``"CLIPSxCROPS"``, default ``cfg.eval.views``.
+        views: clips x crops (or ``"CLIPSxCROPS"``), default ``cfg.eval.views``.
         extra: more entries for ``metrics.json``.
 
     Returns:
@@ -298,8 +264,7 @@ def evaluate_checkpoint(
         ConfigError: bad views, or ``model.num_classes`` disagreeing with the class list.
         CheckpointError: unreadable file, another architecture, or missing weights.
     """
-    views = views or cfg.eval.views
-    parse_views(views)
+    views = parse_views(views, key="views") if isinstance(views, str) else views or cfg.eval.parsed_views
     classes = checkpoint_classes(checkpoint) or config_classes(cfg)
     if cfg.model.num_classes and cfg.model.num_classes != len(classes):
         raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the class list has {len(classes)} names")
@@ -307,9 +272,10 @@ def evaluate_checkpoint(
     load_trained_weights(model, checkpoint)
     dataset = build_test_dataset(cfg, classes, views)
     accelerator = make_accelerator(cfg)
+    for_device(model, accelerator.device)
     model, loader = accelerator.prepare(model, eval_loader(dataset, cfg))
     return run_evaluation(
-        model, loader, dataset, accelerator, out_dir, classes=classes, views=views,
+        model, loader, dataset, accelerator, out_dir, classes=classes, views=str(views),
         max_views=cfg.eval.max_views_per_forward, average=cfg.eval.average,
         extra={"checkpoint": str(checkpoint), "config": None, **(extra or {})},
     )  # fmt: skip

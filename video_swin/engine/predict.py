@@ -16,12 +16,16 @@ from torch import nn
 
 from ..checkpoints import CheckpointError
 from ..checkpoints.io import read_sidecar
-from ..config import Config, ConfigError, config_from_dict
+from ..config import Config, ConfigError, Views, config_from_dict, parse_views
 from ..data import clips_to_float
 from ..data.annotations import read_class_file
-from .build import build_test_dataset, load_trained_weights, model_from_config
+from .build import (
+    build_test_dataset,
+    for_device,
+    load_trained_weights,
+    model_from_config,
+)
 from .evaluate import score_views
-
 
 
 @dataclass
@@ -92,7 +96,7 @@ def predict_videos(
     classes: Sequence[str],
     paths: Sequence[str | os.PathLike],
     *,
-    views: str | None = None,
+    views: Views | str | None = None,
     top_k: int = 5,
     device: str | torch.device | None = None,
 ) -> list[VideoPrediction]:
@@ -103,7 +107,7 @@ def predict_videos(
         cfg: data settings (``data.*``) and scoring settings (``eval.*``).
         classes: class names, index i = logit i.
         paths: video files.
-        views: ``"CLIPSxCROPS"``, default ``cfg.eval.views``.
+        views: clips x crops (or ``"CLIPSxCROPS"``), default ``cfg.eval.views``.
         top_k: classes listed per file (at most ``len(classes)``).
         device: where the model runs; default CUDA if available.
 
@@ -113,14 +117,15 @@ def predict_videos(
         view-averaged logits (``logit``).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model.to(device).eval()
+    model = for_device(model.to(device).eval(), device)
+    views = parse_views(views, key="views") if isinstance(views, str) else views
     dataset = build_test_dataset(cfg, classes, views, videos=[str(p) for p in paths])
     results = []
     for i in range(len(dataset)):
         sample = dataset[i]
         path = str(paths[i])
         if not sample["valid"]:
-            results.append(VideoPrediction(path, error=dataset.bad_files.get(sample["path"], "could not be decoded")))
+            results.append(VideoPrediction(path, error=sample["failures"][0].reason))  # its own DecodeFailure
             continue
         videos = clips_to_float(sample["video"][None].to(device))  # (1, V, 3, T, S, S)
         scores = score_views(model, videos, cfg.eval.max_views_per_forward, cfg.eval.average)[0]  # (K,)

@@ -8,6 +8,10 @@ One module serves Swin V1 and the Swin V2 ideas, chosen per model:
 * ``position_bias="table"``: a learned bias per relative offset (V1);
   ``"cpb"``: continuous position bias (V2), an MLP over log-spaced relative
   coordinates, ``16 * sigmoid(mlp(coords))``.
+
+Written in standard PyTorch: ``nn.Linear`` projections and
+``F.scaled_dot_product_attention`` with the bias (plus, in shifted blocks,
+the shift mask) as its additive ``attn_mask``.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
-from .kernels import Linear, gather_bias, linear, window_attention
 from .windows import Size, log_spaced_coords, relative_position_index
 
 ATTENTIONS = ("dot", "cosine")
@@ -35,6 +39,18 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def gather_bias(table: Tensor, index: Tensor) -> Tensor:
+    """Relative-position bias of every token pair: Tensor[rows, nH] at LongTensor[N, N] -> Tensor[nH, N, N].
+
+    The same values as ``table[index].permute(2, 0, 1)``, gathered along the
+    table's transpose instead: the result is contiguous and the gradient is
+    an ``index_add`` rather than an ``index_put`` (several times faster in
+    backward; docs/BENCHMARKS.md, "Single kernels").
+    """
+    n = index.shape[0]
+    return table.t().index_select(1, index.reshape(-1)).view(-1, n, n)  # (nH, N, N)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows, with a relative-position bias.
 
@@ -49,13 +65,13 @@ class WindowAttention(nn.Module):
     The continuous bias takes the relative offsets of the window in use,
     normalised per axis by ``window - 1`` (the window in use: the configured
     one, or the feature size where that is smaller, as the official code
-    does) or, when given, by ``pretrained_window_size - 1``. Its MLP inputs
-    and index are built once per (window, device) and kept.
+    does) or, when given, by ``pretrained_window_size - 1``.
 
-    Attention runs through :func:`.kernels.window_attention`: on CPU (float32)
-    a fused flash kernel with a chunked backward that also gives the bias its
-    gradient, elsewhere ``F.scaled_dot_product_attention``, with bias (and, in
-    shifted blocks, the shift mask) as one additive ``attn_mask``.
+    Index and MLP inputs depend only on the window in use: those of the
+    configured window are buffers; those of windows clamped to small inputs
+    are built on first use and kept in ``index_cache`` and ``coords_cache``,
+    per (window, device). The bias itself is gathered from the learnable
+    table in every forward.
 
     Args:
         dim: channels C.
@@ -69,9 +85,6 @@ class WindowAttention(nn.Module):
         pretrained_window_size: for ``"cpb"``, the window the weights were
             trained with, whose edge keeps mapping to the same coordinate
             after the window changes; None: the window in use.
-        recompute_qkv: (dot attention, CPU fast path) keep the tokens for
-            backward and recompute the qkv projection there instead of keeping
-            it: 2C fewer channels per token kept, one more GEMM in backward.
     """
 
     def __init__(
@@ -86,7 +99,6 @@ class WindowAttention(nn.Module):
         attention: str = "dot",
         position_bias: str = "table",
         pretrained_window_size: Size | None = None,
-        recompute_qkv: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -104,17 +116,16 @@ class WindowAttention(nn.Module):
                 f"differ in length"
             )
         self.pretrained_window_size = None if pretrained_window_size is None else tuple(pretrained_window_size)
-        self.recompute_qkv = recompute_qkv
 
         if attention == "cosine":
             # Official V2 layout: a bias-free qkv with separate q and v biases.
-            self.qkv = Linear(dim, dim * 3, bias=False)
+            self.qkv = nn.Linear(dim, dim * 3, bias=False)
             self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
             self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
             self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
         else:
-            self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = Linear(dim, dim)
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
         if position_bias == "table":
@@ -127,42 +138,41 @@ class WindowAttention(nn.Module):
                 nn.ReLU(inplace=True),
                 nn.Linear(CPB_HIDDEN, num_heads, bias=False),
             )
-        # Index (and MLP inputs) for the full window; windows clamped to small
-        # inputs get their own, built on first use and kept per (window, device).
         self.register_buffer(
             "relative_position_index", relative_position_index(self.window_size), persistent=False
         )
         if position_bias == "cpb":
             self.register_buffer("relative_coords_table", self._coords(self.window_size), persistent=False)
-        self._index_cache: dict[tuple[Size, torch.device], Tensor] = {}
-        self._coords_cache: dict[tuple[Size, torch.device], Tensor] = {}
+        self.index_cache: dict[tuple[Size, torch.device], Tensor] = {}
+        self.coords_cache: dict[tuple[Size, torch.device], Tensor] = {}
 
     def _coords(self, window: Size) -> Tensor:
         return log_spaced_coords(window, self.pretrained_window_size)  # (rows, n)
 
-    def _index(self, window: Size) -> Tensor:
+    def bias_index(self, window: Size) -> Tensor:
+        """Table row of every token pair of a window in use: LongTensor[N, N]."""
         if window == self.window_size:
             return self.relative_position_index
         device = self.relative_position_index.device
         key = (window, device)
-        if key not in self._index_cache:
+        if key not in self.index_cache:
             # A bias table is indexed at its true offsets with the table's strides;
             # the continuous bias is evaluated on the window in use itself.
             table_window = self.window_size if self.position_bias_kind == "table" else window
-            self._index_cache[key] = relative_position_index(window, table_window).to(device)
-        return self._index_cache[key]
+            self.index_cache[key] = relative_position_index(window, table_window).to(device)
+        return self.index_cache[key]
 
     def _cpb_inputs(self, window: Size) -> Tensor:
         if window == self.window_size:
             return self.relative_coords_table
         device = self.relative_position_index.device
         key = (window, device)
-        if key not in self._coords_cache:
-            self._coords_cache[key] = self._coords(window).to(device)
-        return self._coords_cache[key]
+        if key not in self.coords_cache:
+            self.coords_cache[key] = self._coords(window).to(device)
+        return self.coords_cache[key]
 
     def bias_table(self, window: Size) -> Tensor:
-        """Bias per relative offset: Tensor[rows, nH], rows indexed by ``relative_position_index``.
+        """Bias per relative offset: Tensor[rows, nH], rows indexed by :meth:`bias_index`.
 
         The learned table (V1), or ``16 * sigmoid(cpb_mlp(coords))`` over the
         offsets of ``window`` (V2).
@@ -176,13 +186,18 @@ class WindowAttention(nn.Module):
 
     def position_bias(self, window: Size) -> Tensor:
         """Relative-position bias for a window in use: Tensor[nH, N, N]."""
-        return gather_bias(self.bias_table(window), self._index(window))  # (nH, N, N)
+        return gather_bias(self.bias_table(window), self.bias_index(window))  # (nH, N, N)
 
-    def _qkv(self, x: Tensor) -> Tensor:
+    def project_qkv(self, x: Tensor) -> Tensor:
+        """The packed projection: Tensor[B*nW, N, C] -> Tensor[B*nW, N, 3C], q, k, v one after the other."""
         if self.attention == "cosine" and self.q_bias is not None:
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))  # (3C,)
-            return linear(x, self.qkv.weight, bias)
+            return F.linear(x, self.qkv.weight, bias)
         return self.qkv(x)
+
+    def temperature(self) -> Tensor:
+        """Cosine attention's per-head logit scale, ``min(exp(logit_scale), 100)``: Tensor[nH, 1, 1]."""
+        return self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp()
 
     def forward(self, x: Tensor, window: Size, mask: Tensor | None = None) -> Tensor:
         """Attends within windows.
@@ -195,26 +210,33 @@ class WindowAttention(nn.Module):
         Returns:
             Tensor[B * nW, N, C].
         """
-        bw, n, c = x.shape
-        table, index = self.bias_table(window), self._index(window)  # (rows, nH), (N, N)
+        qkv = self.project_qkv(x)  # (B*nW, N, 3C)
+        q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)  # (B*nW, nH, N, Dh)
+        scale = None  # 1 / sqrt(Dh)
+        if self.attention == "cosine":
+            # cos(q, k) * temperature: the temperature goes into q, so that
+            # attention with scale 1 computes exactly these logits.
+            q = F.normalize(q, dim=-1) * self.temperature()
+            k = F.normalize(k, dim=-1)
+            scale = 1.0
+        bias = self.position_bias(window)  # (nH, N, N)
         dropout_p = self.attn_drop if self.training else 0.0
-        if self.attention == "dot":
-            # The projection goes into the attention kernel, which can then keep
-            # the tokens (C) for backward instead of the projection (3C).
-            out = window_attention(
-                x, self.num_heads, table, index, mask, qkv_weight=self.qkv.weight, qkv_bias=self.qkv.bias,
-                dropout_p=dropout_p, recompute_qkv=self.recompute_qkv,
-            )  # (B*nW, N, C)
-            return self.proj_drop(self.proj(out))
-        # cos(q, k) * exp(logit_scale): the per-head temperature goes into q so
-        # that attention with scale 1 computes exactly these logits.
-        qkv = self._qkv(x)  # (B*nW, N, 3C)
-        temperature = self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp().view(self.num_heads, 1)  # (nH, 1)
-        q, k, v = qkv.view(bw, n, 3, self.num_heads, self.head_dim).unbind(2)  # 3 x (B*nW, N, nH, Dh)
-        q = F.normalize(q, dim=-1) * temperature
-        k = F.normalize(k, dim=-1)
-        qkv = torch.stack((q, k, v), dim=2).view(bw, n, 3 * c)  # (B*nW, N, 3C)
-        out = window_attention(qkv, self.num_heads, table, index, mask, scale=1.0, dropout_p=dropout_p)  # (B*nW, N, C)
+        if mask is None:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), dropout_p=dropout_p, scale=scale
+            )  # (B*nW, nH, N, Dh)
+        else:
+            # Bias and shift mask as one additive mask. The windows of a sample
+            # are folded into the head axis, so that one (1, nW*nH, N, N) mask
+            # broadcasts over the batch instead of being repeated B times.
+            nw = mask.shape[0]
+            attn_mask = rearrange(mask.unsqueeze(1) + bias, "w h n m -> 1 (w h) n m")  # (1, nW*nH, N, N)
+            q, k, v = (rearrange(t, "(b w) h n d -> b (w h) n d", w=nw) for t in (q, k, v))  # (B, nW*nH, N, Dh)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p, scale=scale
+            )  # (B, nW*nH, N, Dh)
+            out = rearrange(out, "b (w h) n d -> (b w) h n d", w=nw)  # (B*nW, nH, N, Dh)
+        out = rearrange(out, "b h n d -> b n (h d)")  # (B*nW, N, C)
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:

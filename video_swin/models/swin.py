@@ -8,22 +8,25 @@ channels-first once at the end.
 The Swin V2 ideas are options of the same modules: ``attention="cosine"``
 and ``position_bias="cpb"`` (see :mod:`.attention`) and ``norm="post"``
 (res-post-norm blocks, patch merging that normalises after its reduction).
+
+This file and :mod:`.attention` are the reference, in standard PyTorch ops.
+Faster CPU paths with the same weights and outputs are applied to a built
+model by :func:`video_swin.models.kernels.accelerate_cpu`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import WindowAttention, check_choice
-from .kernels import Linear, recomputed_mlp, reorder_tokens, use_inference_chunks, windowed_residual
-from .windows import Size, fit_window, pad_to_window, padded_size, shift_mask, window_order
+from .windows import Size, fit_window, pad_to_window, padded_size, shift_mask, unpad, window_partition, window_reverse
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 NORMS = ("pre", "post")
@@ -57,9 +60,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
-        self.fc1 = Linear(dim, hidden)
+        self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -114,23 +117,22 @@ class PatchMerging(nn.Module):
         super().__init__()
         self.post_norm = check_choice("norm", norm, NORMS) == "post"
         self.norm = nn.LayerNorm(2 * dim if self.post_norm else 4 * dim)
-        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Tensor[B, *S, H, W, C] -> Tensor[B, *S, ceil(H/2), ceil(W/2), 2C]."""
         h, w = x.shape[-3], x.shape[-2]
         if h % 2 or w % 2:
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-        x = torch.cat(
-            [x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], dim=-1
-        )  # (B, *S, H/2, W/2, 4C)
+        # Channel blocks in (dw, dh) order, dh fastest: the official x0..x3.
+        x = rearrange(x, "... (h dh) (w dw) c -> ... h w (dw dh c)", dh=2, dw=2)  # (B, *S, H/2, W/2, 4C)
         if self.post_norm:
             return self.norm(self.reduction(x))  # (B, *S, H/2, W/2, 2C)
         return self.reduction(self.norm(x))  # (B, *S, H/2, W/2, 2C)
 
 
 class SwinBlock(nn.Module):
-    """Swin block: (shifted) window attention and an MLP, each residual.
+    """Swin block: (shifted) window attention and an MLP, each a residual branch.
 
     ``norm="pre"`` (V1): ``x + f(norm(x))``; ``norm="post"`` (V2 res-post-norm):
     ``x + norm(f(x))``, which keeps the residual branches' output bounded in
@@ -151,10 +153,6 @@ class SwinBlock(nn.Module):
         position_bias: ``"table"`` or ``"cpb"``.
         norm: ``"pre"`` or ``"post"``.
         pretrained_window_size: for ``"cpb"``, the window the weights were trained with.
-        recompute_mlp: keep only the MLP branch's input for backward and
-            recompute its activations there (see :func:`.kernels.recomputed_mlp`).
-        recompute_qkv: recompute the attention's qkv projection in backward
-            instead of keeping it (CPU fast path; see :class:`WindowAttention`).
     """
 
     def __init__(
@@ -173,12 +171,9 @@ class SwinBlock(nn.Module):
         position_bias: str = "table",
         norm: str = "pre",
         pretrained_window_size: Size | None = None,
-        recompute_mlp: bool = True,
-        recompute_qkv: bool = True,
     ) -> None:
         super().__init__()
         self.shifted = shifted
-        self.recompute_mlp = recompute_mlp
         self.post_norm = check_choice("norm", norm, NORMS) == "post"
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(
@@ -191,7 +186,6 @@ class SwinBlock(nn.Module):
             attention=attention,
             position_bias=position_bias,
             pretrained_window_size=pretrained_window_size,
-            recompute_qkv=recompute_qkv,
         )
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
@@ -204,89 +198,51 @@ class SwinBlock(nn.Module):
                 nn.init.zeros_(norm.weight)
                 nn.init.zeros_(norm.bias)
 
-    def _residual(self, x: Tensor, branch: Callable[[Tensor], Tensor], norm: nn.Module) -> Tensor:
-        if self.post_norm:
-            return x + self.drop_path(norm(branch(x)))
-        return x + self.drop_path(branch(norm(x)))
-
-    def _attend(
-        self, x: Tensor, window: Size, mask: Tensor | None, order: tuple[Tensor, Tensor]
-    ) -> Tensor:
-        b, *size, c = x.shape
-        x = pad_to_window(x, window)  # (B, *Sp, C)
-        padded = tuple(x.shape[1:-1])
-        # Cyclic shift + partition, and back, as one gather each (see window_order).
-        windows = reorder_tokens(x.view(b, -1, c), *order).view(-1, math.prod(window), c)  # (B*nW, N, C)
-        windows = self.attn(windows, window, mask)  # (B*nW, N, C)
-        x = reorder_tokens(windows.view(b, -1, c), *order[::-1]).view(b, *padded, c)  # (B, *Sp, C)
-        if padded != tuple(size):
-            x = x[(slice(None), *(slice(0, s) for s in size))]  # (B, *S, C)
-        return x
-
-    def forward(
-        self, x: Tensor, window: Size, shift: Size, mask: Tensor | None, order: tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
         """Tensor[B, *S, C] -> Tensor[B, *S, C].
 
         ``window``/``shift`` are the ones in use for this input size (see
         :func:`fit_window`); ``shift`` is ignored by non-shifted blocks and
         ``mask`` is the shift mask for the padded map (None if no shift).
-        ``order`` is this block's :func:`window_order` for the padded map
-        (computed here when not given).
         """
         if not self.shifted:
             shift, mask = (0,) * len(window), None
-        if order is None:
-            order = window_order(padded_size(tuple(x.shape[1:-1]), window), window, shift, x.device)
-        inference = use_inference_chunks(x) and (not self.training or self.drop_path.p == 0.0)
+        x = x + self.drop_path(self.branch(self.shifted_window_attention, self.norm1, x, window, shift, mask))
+        x = x + self.drop_path(self.branch(self.mlp, self.norm2, x))
+        return x
+
+    def branch(self, f: Callable[..., Tensor], norm: nn.Module, x: Tensor, *args: Any) -> Tensor:
+        """A residual branch without its residual: ``f(norm(x))`` (pre-norm) or ``norm(f(x))`` (post-norm)."""
+        if self.post_norm:
+            return norm(f(x, *args))
+        return f(norm(x), *args)
+
+    def shifted_window_attention(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
+        """Attention within (cyclically shifted) windows of the map: Tensor[B, *S, C] -> Tensor[B, *S, C].
+
+        The map is zero-padded to window multiples at its end; padded tokens
+        take part in attention, as in the official code, and are cut off after.
+        """
         size = tuple(x.shape[1:-1])
-        if inference and padded_size(size, window) == size:
-            x = self._attend_in_chunks(x, window, mask, order[0])
-        else:
-            x = self._residual(x, lambda t: self._attend(t, window, mask, order), self.norm1)
-        if inference:  # the branch's output is a fresh tensor: add the residual in place
-            return self._mlp_branch(x).add_(x)
-        return x + self.drop_path(self._mlp_branch(x))
-
-    def _attend_in_chunks(self, x: Tensor, window: Size, mask: Tensor | None, order: Tensor) -> Tensor:
-        """The attention residual for inference, a few windows at a time (see :func:`.kernels.windowed_residual`)."""
-        b, *size, c = x.shape
-
-        def branch(tokens: Tensor, windows: slice) -> Tensor:
-            m = None if mask is None else mask[windows]
-            if self.post_norm:
-                return self.norm1(self.attn(tokens, window, m))
-            return self.attn(self.norm1(tokens), window, m)
-
-        out = windowed_residual(x.reshape(b, -1, c), order, math.prod(window), branch)  # (B, L, C)
-        return out.view(b, *size, c)
-
-    def _mlp_branch(self, x: Tensor) -> Tensor:
-        """``mlp(norm2(x))`` (pre-norm) or ``norm2(mlp(x))`` (post-norm)."""
-        pre_norm = None if self.post_norm else self.norm2
-        mlp = self.mlp
-        # The fused kernel also serves inference (grad disabled): chunked, no
-        # full-size hidden layer.
-        recompute = (
-            (self.recompute_mlp and torch.is_grad_enabled() or use_inference_chunks(x))
-            and (mlp.drop.p == 0.0 or not self.training)
-            and mlp.act.approximate == "none"
-        )
-        if recompute:
-            norm_args = () if pre_norm is None else (pre_norm.weight, pre_norm.bias, pre_norm.eps)
-            out = recomputed_mlp(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, *norm_args)
-        else:
-            out = mlp(x if pre_norm is None else pre_norm(x))
-        return out if pre_norm is not None else self.norm2(out)
+        dims = tuple(range(1, len(size) + 1))
+        x = pad_to_window(x, window)  # (B, *Sp, C)
+        padded = tuple(x.shape[1:-1])
+        if any(shift):
+            x = torch.roll(x, tuple(-s for s in shift), dims)  # (B, *Sp, C)
+        windows = window_partition(x, window)  # (B*nW, N, C)
+        windows = self.attn(windows, window, mask)  # (B*nW, N, C)
+        x = window_reverse(windows, window, padded)  # (B, *Sp, C)
+        if any(shift):
+            x = torch.roll(x, shift, dims)  # (B, *Sp, C)
+        return unpad(x, size)  # (B, *S, C)
 
 
 class SwinStage(nn.Module):
     """A stage of blocks alternating regular and shifted windows, then optional merging.
 
-    The window/shift in use, the shift mask and the token orders of the
-    window partition depend only on the input size; they are computed once
-    per stage forward and kept per (padded size, window, shift, device) in
-    ``self.mask_cache`` and ``self.order_cache``.
+    The window and shift in use and the shift mask depend only on the input
+    size; the mask is built once per (padded size, window, shift, device) and
+    kept in ``self.mask_cache``.
     """
 
     def __init__(
@@ -314,19 +270,9 @@ class SwinStage(nn.Module):
         )
         self.downsample = PatchMerging(dim, norm=norm) if downsample else None
         self.mask_cache: dict[tuple, Tensor] = {}
-        self.order_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
-    def _order(self, size: Size, window: Size, shift: Size, device: torch.device) -> tuple[Tensor, Tensor]:
-        padded = padded_size(size, window)
-        key = (padded, window, shift, device)
-        order = self.order_cache.get(key)
-        if order is None:
-            if len(self.order_cache) >= 16:  # bounded, as the masks
-                self.order_cache.pop(next(iter(self.order_cache)))
-            order = self.order_cache[key] = window_order(padded, window, shift, device)
-        return order
-
-    def _mask(self, size: Size, window: Size, shift: Size, device: torch.device) -> Tensor | None:
+    def shift_mask(self, size: Size, window: Size, shift: Size, device: torch.device) -> Tensor | None:
+        """The shift mask of the shifted blocks for a map of ``size``, cached; None where nothing shifts."""
         if not any(shift) or len(self.blocks) < 2:
             return None
         padded = padded_size(size, window)
@@ -342,14 +288,12 @@ class SwinStage(nn.Module):
         """Tensor[B, *S, C] -> Tensor[B, *S', C'] (halved H, W and doubled C when merging)."""
         size = tuple(x.shape[1:-1])
         window, shift = fit_window(size, self.window_size, self.shift_size)
-        mask = self._mask(size, window, shift, x.device)
-        no_shift = (0,) * len(window)
+        mask = self.shift_mask(size, window, shift, x.device)  # (nW, N, N) or None
         for block in self.blocks:
-            order = self._order(size, window, shift if block.shifted else no_shift, x.device)
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, window, shift, mask, order, use_reentrant=False)
+                x = checkpoint(block, x, window, shift, mask, use_reentrant=False)
             else:
-                x = block(x, window, shift, mask, order)
+                x = block(x, window, shift, mask)
         if self.downsample is not None:
             x = self.downsample(x)
         return x
@@ -374,12 +318,6 @@ class SwinTransformer(nn.Module):
         head_dropout: dropout before the head (official Video Swin head: 0.5).
         patch_norm: LayerNorm after the patch embedding.
         use_checkpoint: activation checkpointing of every block while training.
-        recompute_mlp: keep only each MLP branch's input for backward and
-            recompute the rest there: 9 of its 10 channels per token, for one
-            more fc1 forward per block.
-        recompute_qkv: keep the attention's input rather than its qkv
-            projection for backward (CPU fast path): 2 channels per token
-            fewer, for one more qkv forward per block.
         attention: ``"dot"`` (V1) or ``"cosine"`` (V2 scaled cosine attention).
         position_bias: ``"table"`` (V1 learned table) or ``"cpb"`` (V2 continuous
             position bias, which holds no per-window weights).
@@ -408,8 +346,6 @@ class SwinTransformer(nn.Module):
         head_dropout: float = 0.0,
         patch_norm: bool = True,
         use_checkpoint: bool = False,
-        recompute_mlp: bool = True,
-        recompute_qkv: bool = True,
         attention: str = "dot",
         position_bias: str = "table",
         norm: str = "pre",
@@ -447,8 +383,6 @@ class SwinTransformer(nn.Module):
                     drop_path=rates[start : start + depth],
                     downsample=i < len(depths) - 1,
                     use_checkpoint=use_checkpoint,
-                    recompute_mlp=recompute_mlp,
-                    recompute_qkv=recompute_qkv,
                     mlp_ratio=mlp_ratio,
                     qkv_bias=qkv_bias,
                     drop=drop_rate,
@@ -564,4 +498,4 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["SwinTransformer", "SwinBlock", "SwinStage", "PatchEmbed", "PatchMerging", "num_params"]
+__all__ = ["PatchEmbed", "PatchMerging", "SwinBlock", "SwinStage", "SwinTransformer", "num_params"]

@@ -60,6 +60,13 @@ def pad_to_window(x: Tensor, window: Size) -> Tensor:
     return F.pad(x, pad)
 
 
+def unpad(x: Tensor, size: Size) -> Tensor:
+    """Undoes :func:`pad_to_window`: the first ``size`` entries of each spatial dim of ``x`` (B, *Sp, C), a view."""
+    if tuple(x.shape[1:-1]) == tuple(size):
+        return x
+    return x[(slice(None), *(slice(0, s) for s in size))]  # (B, *S, C)
+
+
 def window_partition(x: Tensor, window: Size) -> Tensor:
     """Cuts ``x`` (B, *S, C) into windows.
 
@@ -193,28 +200,3 @@ def log_spaced_coords(window: Size, scale_window: Size | None = None) -> Tensor:
     # A window of 1 only has the offset 0; max(..., 1) avoids 0 / 0 there.
     coords = coords / torch.tensor([max(s - 1, 1) for s in scale_window], dtype=torch.float32) * 8
     return torch.sign(coords) * torch.log2(coords.abs() + 1.0) / math.log2(8)  # (rows, n)
-
-
-def window_order(size: Size, window: Size, shift: Size, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """Token indices that fuse the cyclic shift with the window partition (one gather each way).
-
-    Args:
-        size: padded spatial sizes (multiples of ``window``).
-        window: window in use.
-        shift: shift in use (zeros: no shift).
-
-    Returns:
-        ``(order, position)``, two LongTensor[prod(size)] inverse to each other.
-        For x Tensor[B, *size, C], ``x.view(B, -1, C).index_select(1, order)``
-        viewed as (B*nW, N, C) equals ``window_partition(roll(x, -shift), window)``;
-        ``windows.view(B, -1, C).index_select(1, position)`` undoes it
-        (``window_reverse`` and the roll back).
-    """
-    dims = tuple(range(1, len(size) + 1))
-    flat = torch.arange(math.prod(size), device=device).view(1, *size, 1)
-    if any(shift):
-        flat = torch.roll(flat, shifts=tuple(-s for s in shift), dims=dims)
-    order = window_partition(flat, window).reshape(-1)  # (prod(size),)
-    position = torch.empty_like(order)
-    position[order] = torch.arange(order.numel(), device=device)
-    return order, position

@@ -1,0 +1,99 @@
+"""The Swin block with the CPU fast paths: gather partition, recomputed MLP, chunked inference."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..swin import SwinBlock
+from ..windows import Size, pad_to_window, padded_size, unpad
+from .inference import use_inference_chunks, windowed_residual
+from .mlp import recomputed_mlp
+from .partition import reorder_tokens, window_order
+
+ORDER_CACHE_SIZE = 8  # (size, window, shift, device) entries per block: many input sizes must not grow memory
+
+
+class FastSwinBlock(SwinBlock):
+    """:class:`SwinBlock` (same parameters, same outputs) with the CPU fast paths of this package.
+
+    * the cyclic shift and window partition (and back) as one gather each
+      (:func:`.partition.reorder_tokens`), the token orders kept per (padded
+      size, window, shift, device) in ``self.order_cache``;
+    * the MLP branch, norm included, through :func:`.mlp.recomputed_mlp`
+      while training when ``recompute_mlp`` is set, and always for CPU
+      inference (where its row chunks are the fast path), unless MLP dropout
+      is active or the GELU is approximate;
+    * CPU inference with grad disabled: the attention residual a few windows
+      at a time (:func:`.inference.windowed_residual`) on maps that need no
+      padding, and both residuals added in place.
+
+    Attributes:
+        recompute_mlp: set by :func:`~.seam.accelerate_cpu`.
+        order_cache: token orders of :func:`.partition.window_order`.
+    """
+
+    recompute_mlp: bool = True
+    order_cache: dict[tuple, tuple[Tensor, Tensor]]
+
+    def forward(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
+        if not self.shifted:
+            shift, mask = (0,) * len(window), None
+        size = tuple(x.shape[1:-1])
+        inference = use_inference_chunks(x) and (not self.training or self.drop_path.p == 0.0)
+        if inference and padded_size(size, window) == size:
+            x = self._attention_residual_in_chunks(x, window, shift, mask)
+        else:
+            x = x + self.drop_path(self.branch(self.shifted_window_attention, self.norm1, x, window, shift, mask))
+        if inference:  # the branch's output is a fresh tensor: add the residual in place
+            return self._mlp_branch(x).add_(x)
+        return x + self.drop_path(self._mlp_branch(x))
+
+    def _order(self, padded: Size, window: Size, shift: Size, device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (padded, window, shift, device)
+        order = self.order_cache.get(key)
+        if order is None:
+            if len(self.order_cache) >= ORDER_CACHE_SIZE:
+                self.order_cache.pop(next(iter(self.order_cache)))
+            order = self.order_cache[key] = window_order(padded, window, shift, device)
+        return order
+
+    def shifted_window_attention(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
+        b, *size, c = x.shape
+        x = pad_to_window(x, window)  # (B, *Sp, C)
+        padded = tuple(x.shape[1:-1])
+        order, position = self._order(padded, window, shift, x.device)
+        windows = reorder_tokens(x.reshape(b, -1, c), order, position).view(-1, math.prod(window), c)  # (B*nW, N, C)
+        windows = self.attn(windows, window, mask)  # (B*nW, N, C)
+        x = reorder_tokens(windows.view(b, -1, c), position, order).view(b, *padded, c)  # (B, *Sp, C)
+        return unpad(x, tuple(size))  # (B, *S, C)
+
+    def _attention_residual_in_chunks(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
+        """``x`` plus its attention branch, a few windows at a time (a map without padding, grad disabled)."""
+        b, *size, c = x.shape
+        order = self._order(tuple(size), window, shift, x.device)[0]
+
+        def branch(tokens: Tensor, windows: slice) -> Tensor:
+            return self.branch(self.attn, self.norm1, tokens, window, None if mask is None else mask[windows])
+
+        out = windowed_residual(x.reshape(b, -1, c), order, math.prod(window), branch)  # (B, L, C)
+        return out.view(b, *size, c)
+
+    def _mlp_branch(self, x: Tensor) -> Tensor:
+        """``branch(mlp, norm2, x)``, through the recomputing kernel where it applies."""
+        mlp = self.mlp
+        recompute = (
+            (self.recompute_mlp and torch.is_grad_enabled() or use_inference_chunks(x))
+            and (mlp.drop.p == 0.0 or not self.training)
+            and mlp.act.approximate == "none"
+        )
+        if not recompute:
+            return self.branch(mlp, self.norm2, x)
+        if self.post_norm:
+            return self.norm2(recomputed_mlp(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias))
+        norm = self.norm2
+        return recomputed_mlp(
+            x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, norm.weight, norm.bias, norm.eps
+        )

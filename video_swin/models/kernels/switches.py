@@ -1,0 +1,63 @@
+"""Global on/off switches of the CPU fast paths, and where they may run at all.
+
+The switches exist to measure the fast paths (``benchmarks/model_speed.py``)
+and to trace the stock ops (FLOP counting); a model without
+:func:`~.seam.accelerate_cpu` applied never looks at them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+_ENABLED = {"attention": True, "linear": True, "inference_chunks": True}
+
+# Checked once: probing torch.ops inside a forward would break torch.compile's graphs.
+ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+FLASH_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
+def set_fast_paths(**enabled: bool) -> dict[str, bool]:
+    """Turns CPU fast paths on or off (``attention=``, ``linear=``, ``inference_chunks=``); returns the old settings."""
+    unknown = set(enabled) - set(_ENABLED)
+    if unknown:
+        raise ValueError(f"unknown fast path(s) {sorted(unknown)}; known: {sorted(_ENABLED)}")
+    previous = dict(_ENABLED)
+    _ENABLED.update(enabled)
+    return previous
+
+
+@contextmanager
+def fast_paths(**enabled: bool) -> Iterator[None]:
+    """Context manager form of :func:`set_fast_paths`."""
+    previous = set_fast_paths(**enabled)
+    try:
+        yield
+    finally:
+        _ENABLED.update(previous)
+
+
+def enabled(name: str) -> bool:
+    """Whether the fast path ``name`` is switched on."""
+    return _ENABLED[name]
+
+
+def cpu_compute_dtype(*tensors: Tensor | None) -> torch.dtype | None:
+    """The dtype a CPU fast path computes in: float32, or bfloat16 under CPU bf16 autocast; None: no fast path.
+
+    Under ``torch.compile`` there is none either, so that inductor sees (and
+    fuses) ordinary aten ops.
+    """
+    if torch.compiler.is_compiling() or not all(t.device.type == "cpu" for t in tensors if t is not None):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+    return torch.float32 if all(t.dtype == torch.float32 for t in tensors if t is not None) else None
+
+
+def plain_cpu(*tensors: Tensor | None) -> bool:
+    """float32 CPU tensors, no autocast, eager mode: where the float32-only fast paths (oneDNN linears) apply."""
+    return cpu_compute_dtype(*tensors) == torch.float32
