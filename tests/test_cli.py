@@ -101,7 +101,7 @@ def test_shims_are_thin(name):
 def test_one_mapping_from_exceptions_to_exit_codes(monkeypatch, capsys, error, code, words):
     import video_swin.engine
 
-    def train(cfg, resume=False):
+    def train(cfg, resume=False, **options):
         raise error
 
     monkeypatch.setattr(video_swin.engine, "train", train)
@@ -114,7 +114,7 @@ def test_one_mapping_from_exceptions_to_exit_codes(monkeypatch, capsys, error, c
 def test_a_bug_is_not_hidden_as_a_usage_error(monkeypatch):
     import video_swin.engine
 
-    def train(cfg, resume=False):
+    def train(cfg, resume=False, **options):
         raise ValueError("a bug")
 
     monkeypatch.setattr(video_swin.engine, "train", train)
@@ -126,7 +126,7 @@ def test_train_passes_config_and_resume(monkeypatch, capsys):
     import video_swin.engine
 
     seen = {}
-    monkeypatch.setattr(video_swin.engine, "train", lambda cfg, resume=False: seen.update(cfg=cfg, resume=resume))
+    monkeypatch.setattr(video_swin.engine, "train", lambda cfg, resume=False, **options: seen.update(cfg=cfg, resume=resume))
     assert cli.main(["train", "--config", "demo.yaml", "--set", "train.epochs=3", "--set", "seed=7", "--resume"]) == 0
     assert (seen["cfg"].train.epochs, seen["cfg"].seed, seen["resume"]) == (3, 7, True)
 

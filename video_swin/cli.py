@@ -4,7 +4,9 @@ Each subcommand parses its options, loads the config and makes one library
 call; :func:`main` maps the library's exceptions to exit codes in one place:
 a user mistake (:data:`~video_swin.errors.USAGE_ERRORS`) is one ``error: ...``
 line and exit code 2, a run that cannot go on (:data:`~video_swin.errors.RUN_ERRORS`)
-exit code 1, Ctrl-C exit code 130. Torch and the engine are imported only
+exit code 1, Ctrl-C exit code 130; a training run that SIGTERM, SIGINT or
+SIGUSR1 stopped after it saved its state (:class:`~video_swin.errors.Preempted`)
+one line and exit code 128 + the signal. Torch and the engine are imported only
 inside the subcommands, so ``--help`` and config mistakes answer quickly.
 
 Also runs as a module, which is what launchers need::
@@ -23,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .config import ArgumentParser, check_paths, list_configs, load_config, parse_views
-from .errors import RUN_ERRORS, USAGE_ERRORS, ConfigError
+from .errors import RUN_ERRORS, USAGE_ERRORS, ConfigError, Preempted
 
 PROG = "video-swin"
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -98,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_paths(cfg)
     from .engine import train  # heavy: only once the config is known good
 
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes)
     return 0
 
 
@@ -156,7 +158,8 @@ def cmd_inflate(args: argparse.Namespace) -> int:
     from .models import create_model
 
     model = create_model(args.model, num_classes=args.num_classes)
-    report = inflate_image_checkpoint(model, args.image_checkpoint, args.temporal_init, keep_head=args.keep_head)
+    report = inflate_image_checkpoint(model, args.image_checkpoint, args.temporal_init, keep_head=args.keep_head,
+                                      strict=not args.allow_missing)
     path = save_checkpoint(model, args.out, inflated_from=str(args.image_checkpoint), temporal_init=args.temporal_init)
     print(report)
     print(f"wrote {path}")
@@ -178,7 +181,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG, description="Video Swin Transformer: train, evaluate, predict, inflate image weights.",
         epilog=f"Run '{PROG} COMMAND --help' for a command's options. Exit codes: 0 done, "
-               "1 the run failed, 2 a usage or config mistake, 130 interrupted.",
+               "1 the run failed, 2 a usage or config mistake, 130 interrupted; training stopped by a signal "
+               "after saving its state: 128 + the signal (143 SIGTERM, 130 SIGINT, 138 SIGUSR1).",
         formatter_class=_CommandListFormatter,
     )  # fmt: skip
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -198,8 +202,17 @@ def build_parser() -> ArgumentParser:
                     "  accelerate launch -m video_swin.cli train --config k400_swin_t.yaml", formatter_class=raw)
     train.add_argument("--config", required=True, help=_config_help())
     _add_set(train, "train.batch_size=4 optim.lr=5e-4")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from the newest complete state in output_dir/checkpoints")
+    train.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto|STATE",
+                       help="continue from the newest complete state in output_dir/checkpoints, or start when "
+                            "there is none ('--resume auto', the form for launchers that restart the run: "
+                            "torchrun --max-restarts, SLURM --requeue); '--resume STATE': from that state folder")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start a new run in an output_dir that holds one, removing its files "
+                            "(without it, such a folder is refused)")
+    train.add_argument("--allow-changes", nargs="+", default=[], metavar="KEY",
+                       help="with --resume: accept these config keys or sections differing from the resumed "
+                            "run's, e.g. --allow-changes train.epochs (a resumed run then differs from an "
+                            "uninterrupted one)")
 
     evaluate = command("evaluate", cmd_evaluate, "score a checkpoint over CLIPSxCROPS views",
                        value_errors=True, epilog=EVALUATE_EPILOG, formatter_class=raw,
@@ -234,6 +247,9 @@ def build_parser() -> ArgumentParser:
     inflate.add_argument("--num-classes", type=int, default=400, help="classes of the video head (default: 400)")
     inflate.add_argument("--keep-head", action="store_true",
                          help="keep the image classifier when its class count equals --num-classes")
+    inflate.add_argument("--allow-missing", action="store_true",
+                         help="write the file even if the image weights leave some of the model's weights missing "
+                              "(e.g. Swin-T weights into swin3d_s); by default that is an error")
 
     demo = command("make-demo-data", cmd_make_demo_data, "write the synthetic demo dataset",
                    log_level=logging.INFO,
@@ -265,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RUN_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)  # may list files, one a line
         return 1
+    except Preempted as e:  # a signal during training: the state is saved, the run goes on with --resume
+        print(e, file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -4,8 +4,10 @@ Each is a user-facing condition with a one-line message naming what was
 wrong; the ``video-swin`` command maps them to exit codes (see
 :mod:`video_swin.cli`): a user mistake (config, checkpoint, resume) is exit
 code 2, a run that cannot go on (non-finite losses, too many broken videos)
-is exit code 1. The modules that raise them re-export them, so
-``from video_swin.config import ConfigError`` keeps working.
+is exit code 1, a run stopped by a signal after saving its state
+(:class:`Preempted`) exits with 128 + the signal. The modules that raise
+them re-export them, so ``from video_swin.config import ConfigError`` keeps
+working.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ class ConfigError(ValueError):
     """A user mistake in a config file or override; the message names the key or path."""
 
 
+class AnnotationError(ConfigError):
+    """Annotations or a dataset root that cannot be used as given (unlabelled or ambiguous rows,
+    a file that is not a readable annotation list, a root too large to scan); names the file or folder."""
+
+
 class CheckpointError(ValueError):
     """A weight file that cannot be used, with the reason."""
 
@@ -30,6 +37,39 @@ class ResumeError(RuntimeError):
 
 class TrainingError(RuntimeError):
     """The run cannot go on (non-finite losses, a broken distributed launch, ...)."""
+
+
+class Preempted(Exception):
+    """Training stopped on a signal (SIGTERM, SIGINT, SIGUSR1) after saving the state of ``step``.
+
+    Not an error: the run continues with ``--resume``. The command exits
+    with ``128 + signum`` (143 SIGTERM, 130 SIGINT, 138 SIGUSR1), the code
+    the shell reports for a process ended by that signal, so wrappers that
+    requeue on 143 keep working.
+
+    Attributes:
+        step: The optimizer step of the saved state.
+        signum: The signal that asked the run to stop.
+        process: This process's index when the run has several, else None.
+    """
+
+    def __init__(self, step: int, signum: int, process: int | None = None) -> None:
+        import signal
+
+        self.step, self.signum, self.process = int(step), int(signum), process
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        by = f" (process {process})" if process is not None else ""
+        super().__init__(f"stopped by {name}{by}: saved step {self.step}; continue with --resume")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __reduce__(self):  # noqa: ANN204
+        return (type(self), (self.step, self.signum, self.process))
 
 
 class DecodeError(RuntimeError):
@@ -81,9 +121,11 @@ USAGE_ERRORS = (ConfigError, CheckpointError, ResumeError, FileNotFoundError)
 RUN_ERRORS = (TrainingError, TooManyBrokenVideos)
 
 __all__ = [
+    "AnnotationError",
     "CheckpointError",
     "ConfigError",
     "DecodeError",
+    "Preempted",
     "ResumeError",
     "RUN_ERRORS",
     "TooManyBrokenVideos",

@@ -163,9 +163,26 @@ def test_partial_match_is_loud_and_a_dropped_head_is_not(window12_state, caplog)
         inflate_image_checkpoint(video_swin.create_model("swin3d_t", **W12), window12_state)
     assert "partial load" not in caplog.text
     partial = {k: v for k, v in window12_state.items() if not k.startswith("layers.3.blocks.1.")}
+    with pytest.raises(CheckpointError, match=r"leaves \d+ weights of the model missing: layers\.3\.blocks\.1\."):
+        inflate_image_checkpoint(video_swin.create_model("swin3d_t", **W12), partial)  # strict by default
     with caplog.at_level(logging.WARNING):
-        report = inflate_image_checkpoint(video_swin.create_model("swin3d_t", **W12), partial)
+        report = inflate_image_checkpoint(video_swin.create_model("swin3d_t", **W12), partial, strict=False)
     assert "partial load" in caplog.text and "layers.3.blocks.1.mlp.fc1.weight" in report.missing
+
+
+def test_swin_t_weights_into_swin3d_s_are_refused_naming_the_file(tmp_path):
+    """Swin-T's third stage has 6 blocks, swin3d_s's 18: an error naming the file's real layout, unless asked for."""
+    torch.save({"model": timm.create_model("swin_tiny_patch4_window7_224").state_dict()}, tmp_path / "t.pth")
+    args = [sys.executable, "-m", "video_swin.cli", "inflate", "--image-checkpoint", str(tmp_path / "t.pth"),
+            "--model", "swin3d_s", "--num-classes", "5", "--out", str(tmp_path / "s.safetensors")]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "a 2D (image) Swin checkpoint in the timm layout with depths (2, 2, 6, 2)" in done.stderr
+    missing = int(re.search(r"leaves (\d+) weights of the model missing: layers\.2\.blocks\.6\.", done.stderr)[1])
+    assert missing == 12 * 13 and not (tmp_path / "s.safetensors").exists()  # 12 blocks of 13 tensors each
+    done = subprocess.run([*args, "--allow-missing"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and f"missing: {missing + 2}," in done.stdout  # the head too, not requested
+    assert (tmp_path / "s.safetensors").exists()
 
 
 def test_non_swin_and_wrong_kinds_are_refused():

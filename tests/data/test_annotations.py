@@ -1,11 +1,18 @@
 """Annotation formats, finding files by name under the root, class lists."""
 
 import logging
+import os
 
 import pytest
 
 from video_swin.data import class_names, read_annotations
-from video_swin.data.annotations import Annotations, build_classes, resolve_labels, scan_videos
+from video_swin.data.annotations import (
+    Annotations,
+    build_classes,
+    resolve_labels,
+    scan_videos,
+)
+from video_swin.errors import AnnotationError, ConfigError
 
 HEADER = "label,youtube_id,time_start,time_end,split\n"
 
@@ -142,3 +149,99 @@ def test_a_list_of_files_gives_unlabelled_records_in_order(tmp_path):
     parsed = read_annotations(files)
     assert [r.path for r in parsed.records] == [str(f) for f in files]  # taken as given, not looked for
     assert all(r.label is None for r in parsed.records) and parsed.classes == [] and parsed.missing == []
+
+
+# -- files as other tools save them, and rows that cannot be used as they are ---------------------
+
+ROWS = ["air drumming,aaaaaaaaaaa,10,20,train", "yawning,bbbbbbbbbbb,0,10,train"]
+
+
+@pytest.mark.parametrize("bom", [False, True], ids=["plain", "bom"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
+def test_kinetics_csv_with_a_byte_order_mark_or_crlf_reads_every_label(tmp_path, bom, newline):
+    root = tmp_path / "k"
+    _touch(root / "aaaaaaaaaaa_000010_000020.mp4")
+    _touch(root / "bbbbbbbbbbb_000000_000010.mp4")
+    csv = tmp_path / "train.csv"
+    text = newline.join([HEADER.strip(), *ROWS]) + newline
+    csv.write_bytes(("\ufeff" if bom else "").encode() + text.encode())  # Excel's "CSV UTF-8" starts with EF BB BF
+    assert csv.read_bytes().startswith(b"\xef\xbb\xbf") == bom and (b"\r\n" in csv.read_bytes()) == (newline == "\r\n")
+    ann = read_annotations(csv, root)
+    assert [r.label for r in ann.records] == ["air drumming", "yawning"]  # measured with a BOM: all empty
+    assert ann.classes == class_names(csv) == ["air drumming", "yawning"]
+    assert resolve_labels(ann.records, ann.classes) == [0, 1]
+
+
+def test_mmaction_list_and_class_file_with_a_byte_order_mark_and_crlf(tmp_path):
+    _touch(tmp_path / "v" / "a.mp4")
+    _touch(tmp_path / "v" / "b.mp4")
+    (tmp_path / "classes.txt").write_bytes("\ufeffjumping\r\nrunning\r\n".encode())
+    (tmp_path / "list.txt").write_bytes("\ufeffv/a.mp4 1\r\nv/b.mp4 0\r\n".encode())
+    ann = read_annotations(tmp_path / "list.txt")
+    assert ann.classes == ["jumping", "running"] and [r.label for r in ann.records] == [1, 0]
+
+
+@pytest.mark.parametrize("labels,which", [(["", " "], "every row"), (["yawning", ""], "1 of 2 rows")])
+def test_empty_labels_are_an_error_naming_the_file(tmp_path, labels, which):
+    _touch(tmp_path / "k" / "aaaaaaaaaaa.mp4")
+    _touch(tmp_path / "k" / "bbbbbbbbbbb.mp4")
+    csv = tmp_path / "train.csv"
+    csv.write_text(HEADER + f"{labels[0]},aaaaaaaaaaa,0,10,train\n{labels[1]},bbbbbbbbbbb,0,10,train\n")
+    for read in (lambda: read_annotations(csv, tmp_path / "k"), lambda: class_names(csv)):
+        with pytest.raises(AnnotationError, match=f"{csv}: the label column is empty in {which}") as info:
+            read()  # measured: 0 classes, then "IndexError: Target -1 is out of bounds" in training
+        assert isinstance(info.value, ConfigError)
+
+
+def test_a_csv_without_a_label_column_is_an_error_naming_it(tmp_path):
+    csv = tmp_path / "test.csv"
+    csv.write_text("youtube_id,time_start,time_end,split\naaaaaaaaaaa,0,10,test\n")
+    with pytest.raises(AnnotationError, match=r"test.csv: not a Kinetics CSV; needs columns \['label'"):
+        read_annotations(csv, tmp_path)
+
+
+def test_unreadable_rows_name_the_file_and_line(tmp_path):
+    csv = tmp_path / "train.csv"
+    csv.write_text(HEADER + "a,aaaaaaaaaaa,0,10,train\na,bbbbbbbbbbb,start,10,train\n")
+    with pytest.raises(AnnotationError, match="train.csv:3: time_start and time_end must be numbers"):
+        read_annotations(csv, tmp_path)
+    csv.write_bytes(HEADER.encode() + "caf\u00e9,aaaaaaaaaaa,0,10,train\n".encode("latin-1"))
+    with pytest.raises(AnnotationError, match="train.csv: not UTF-8 text"):
+        read_annotations(csv, tmp_path)
+
+
+def test_an_id_matching_several_files_is_an_error_listing_them(tmp_path):
+    root = tmp_path / "k"
+    first = _touch(root / "train" / "a" / "dupdupdupdu_000000_000010.mp4")
+    second = _touch(root / "copy" / "a" / "dupdupdupdu_000000_000010.mp4")  # neither under the row's split "val"
+    other_ext = _touch(root / "train" / "b" / "twotwotwotw.mp4")
+    webm = _touch(root / "train" / "b" / "twotwotwotw.webm")
+    _touch(root / "train" / "b" / "oneoneoneon_000000_000010.mp4")
+    csv = tmp_path / "val.csv"
+    csv.write_text(HEADER + "a,dupdupdupdu,0,10,val\nb,twotwotwotw,0,10,val\nb,oneoneoneon,0,10,val\n")
+    with pytest.raises(AnnotationError, match="val.csv: 2 row") as info:
+        read_annotations(csv, root)  # measured: one of the files was picked silently
+    message = str(info.value)
+    assert all(str(p) in message for p in (first, second, other_ext, webm)) and "oneoneoneon" not in message
+    assert "\n" not in message
+
+
+def test_one_file_under_two_names_is_not_ambiguous(tmp_path):
+    root = tmp_path / "k"
+    real = _touch(root / "train" / "a" / "lnklnklnkln_000000_000010.mp4")
+    (root / "links").mkdir()
+    os.symlink(real, root / "links" / real.name)
+    csv = tmp_path / "train.csv"
+    csv.write_text(HEADER + "a,lnklnklnkln,0,10,train\n")
+    assert read_annotations(csv, root).records[0].path == str(real)
+
+
+def test_mmaction_name_matching_several_files_is_an_error(tmp_path):
+    _touch(tmp_path / "v" / "x" / "clip.mp4")
+    _touch(tmp_path / "v" / "y" / "clip.mp4")
+    _touch(tmp_path / "v" / "z" / "exact.mp4")
+    (tmp_path / "list.txt").write_text("moved/clip.mp4 0\nv/z/exact.mp4 1\n")
+    with pytest.raises(AnnotationError, match=r"list.txt: 1 row\(s\) match several files .*'moved/clip.mp4' matches"):
+        read_annotations(tmp_path / "list.txt")
+    (tmp_path / "list.txt").write_text("v/x/clip.mp4 0\nv/z/exact.mp4 1\n")  # a path as written decides
+    assert len(read_annotations(tmp_path / "list.txt").records) == 2

@@ -20,6 +20,7 @@ from video_swin.data import (
 )
 from video_swin.data.collate import collate
 from video_swin.data.sampling import eval_clip_indices, train_clip_indices
+from video_swin.errors import TrainingError
 
 HEADER = "label,youtube_id,time_start,time_end,split\n"
 CLIP = {"clip_len": 4, "frame_interval": 3, "crop_size": 16}
@@ -247,3 +248,20 @@ def test_pytorchvideo_pipeline_yields_the_same_sample_layout(texture_set, mode, 
         build_video_dataset(csv, root, pipeline="dali")
     with pytest.raises(ValueError, match="native pipeline"):
         build_video_dataset(csv, root, pipeline="pytorchvideo", output="uint8", **CLIP)
+
+
+def test_a_training_sample_without_any_decodable_video_stops_the_run_in_the_main_process(tmp_path, broken_files):
+    kinds = ("zero_bytes", "truncated", "random_bytes", "text")
+    csv, root = _kinetics(tmp_path, [("bad", broken_files[k]) for k in kinds])
+    ds = VideoDataset(csv, root, max_bad_fraction=1.0, max_attempts=3, **CLIP)
+    with pytest.raises(TrainingError, match="3 videos in a row could not be decoded"):
+        ds[0]  # num_workers=0: the dataset raises it itself
+    # In a worker it raises nothing: the sample comes back empty and marked; the log stops the run.
+    batch = next(iter(DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)))
+    assert batch["video"].shape == (2, 3, 4, 16, 16) and not batch["valid"].any()
+    assert [f.gave_up for f in batch["failures"]] == [False, False, True] * 2
+    log = BrokenVideoLog(len(ds), max_bad_fraction=1.0)
+    with pytest.raises(TrainingError, match="a training sample found no decodable video") as info:
+        for batch in DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate):
+            log.update(batch)
+    assert "Caught" not in str(info.value) and str(root) in str(info.value)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from video_swin.data import DEMO_CLASSES, VideoDataset, ensure_demo_data, make_demo_data
-from video_swin.data.demo import _render
+from video_swin.data.demo import DEMO_MARKER, _render
+from video_swin.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,10 +71,12 @@ def test_ensure_demo_data_generates_once(tmp_path):
     ensure_demo_data(root)
     assert os.path.getmtime(root / "train.csv") == stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo-")]  # no leftovers
+    assert (root / DEMO_MARKER).is_file()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "something").write_text("x")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ConfigError, match="busy is not empty and holds no demo data"):
         ensure_demo_data(tmp_path / "busy")
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["something"]  # nothing written
 
 
 def test_script_help_and_run(tmp_path):
@@ -86,3 +89,30 @@ def test_script_help_and_run(tmp_path):
         capture_output=True, text=True, env=env, check=True,
     )
     assert (tmp_path / "s" / "val.csv").is_file()
+
+
+def test_demo_data_is_never_generated_into_a_mistyped_root(tmp_path):
+    demo = tmp_path / "data" / "demo"
+    annotations = (demo / "train.csv", demo / "val.csv")  # what the config reads
+    typo = tmp_path / "data" / "dmeo"
+    with pytest.raises(ConfigError, match=f"into {typo}, but the annotations {demo / 'train.csv'} are not in"):
+        ensure_demo_data(typo, annotations=annotations, train_per_class=1, val_per_class=1, workers=1)
+    assert not (tmp_path / "data").exists()  # measured: 1,200 videos written into the mistyped folder
+    # A real dataset's folder given by mistake: annotations inside it, but no marker and no demo CSVs.
+    kinetics = tmp_path / "k400"
+    (kinetics / "videos").mkdir(parents=True)
+    (kinetics / "videos" / "clip.mp4").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=f"demo data folder {kinetics} is not empty") as info:
+        ensure_demo_data(kinetics, annotations=(kinetics / "train.csv", None))
+    assert "\n" not in str(info.value) and [p.name for p in kinetics.iterdir()] == ["videos"]
+    # The configured folder: generated, marked, and found again without regenerating.
+    assert ensure_demo_data(demo, annotations=annotations, train_per_class=1, val_per_class=1, workers=1) == demo
+    assert (demo / DEMO_MARKER).is_file() and (demo / "val.csv").is_file()
+
+
+def test_a_marked_demo_folder_without_its_csvs_is_generated_again(tmp_path):
+    root = make_demo_data(tmp_path / "demo", seed=1, train_per_class=1, val_per_class=1, workers=1)
+    before = _hashes(root)
+    (root / "train.csv").unlink()
+    ensure_demo_data(root, seed=1, train_per_class=1, val_per_class=1, workers=1)
+    assert _hashes(root) == before

@@ -15,7 +15,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.data.video_files import textured_frames, write_mp4
-from video_swin.data import BrokenVideoLog, DecodeError, VideoDataset, get_decoder
+from video_swin.data import (
+    BrokenVideoLog,
+    DecodeError,
+    TooManyBrokenVideos,
+    VideoDataset,
+    get_decoder,
+)
 from video_swin.data.collate import collate
 from video_swin.data.isolated import IsolatedDecoder
 
@@ -224,3 +230,114 @@ def test_a_run_with_broken_crashing_and_hanging_files_completes_and_names_them(t
     report = json.loads((out / "eval" / "metrics.json").read_text())
     assert report["num_failed"] == len(broken) and set(report["failed"]) == set(expected["val"])
     assert report["num_videos"] == 11  # 10 demo videos + the one-frame video
+
+
+# -- more broken videos than max_bad_fraction, under DataLoader workers ----------------------------
+
+LIMITED = {**CLIP, "max_bad_fraction": 0.25}  # 16 rows: a 5th distinct broken video is one too many
+
+
+class _MeanModel(torch.nn.Module):
+    """A stand-in classifier: (B, 3, T, H, W) -> (B, 3) channel means."""
+
+    def forward(self, x):
+        return x.float().mean((2, 3, 4))
+
+
+def _assert_one_clean_error(error: BaseException, paths: dict[str, Path]) -> None:
+    assert type(error) is TooManyBrokenVideos  # measured: RuntimeError("Caught TooManyBrokenVideos in DataLoader worker")
+    message = str(error)
+    assert "Caught" not in message and "Traceback" not in message and "worker" not in message
+    assert message.startswith(f"{len(error.paths)} of 16 videos could not be decoded, more than max_bad_fraction=0.25")
+    assert len(error.paths) >= 5 and message.rstrip().endswith("Fix or remove these files, or raise data.max_bad_fraction.")
+    listed = [line.strip() for line in message.splitlines()[1:-1]]
+    assert all(any(line.startswith(f"{p} (") for p in map(str, paths.values())) for line in listed), listed
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_too_many_broken_videos_in_training_stop_in_the_main_process(bad_set, workers):
+    csv, root, paths = bad_set
+    ds = VideoDataset(csv, root, **LIMITED)
+    log = BrokenVideoLog(len(ds), ds.max_bad_fraction)  # as the trainer makes it
+    loader = DataLoader(ds, batch_size=4, num_workers=workers, shuffle=False, collate_fn=collate)
+    with pytest.raises(TooManyBrokenVideos) as info:
+        for batch in loader:
+            log.update(batch)
+    _assert_one_clean_error(info.value, paths)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_too_many_broken_videos_in_evaluation_stop_in_the_main_process(bad_set, workers):
+    from accelerate import Accelerator
+
+    from video_swin.engine.evaluate import predict_dataset
+
+    csv, root, paths = bad_set
+    ds = VideoDataset(csv, root, mode="test", **LIMITED)
+    loader = DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate)
+    with pytest.raises(TooManyBrokenVideos) as info:
+        predict_dataset(_MeanModel(), loader, Accelerator(cpu=True), desc="val")
+    _assert_one_clean_error(info.value, paths)
+    unlimited = VideoDataset(csv, root, mode="test", **CLIP)  # max_bad_fraction=1.0: scored, the broken ones marked
+    loader = DataLoader(unlimited, batch_size=4, num_workers=workers, collate_fn=collate)
+    result = predict_dataset(_MeanModel(), loader, Accelerator(cpu=True))
+    assert len(result.index) == 16 and int((~result.valid).sum()) == 7  # "missingatruntime" is still there
+
+
+def _mostly_broken_data(tiny_data, tmp_path: Path, split: str) -> Path:
+    """A copy of the demo data whose ``split`` CSV keeps 3 good rows and gets 7 broken ones."""
+    import shutil
+
+    from video_swin.data import DEMO_CLASSES
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    lines = (root / f"{split}.csv").read_text().splitlines(keepends=True)
+    (root / f"{split}.csv").write_text("".join(lines[:4]))
+    add_bad_videos(root, split, [k for k in BROKEN if k != "missingatruntime"], label=lines[1].split(",")[0])
+    (root / "classes.txt").write_text("".join(c + "\n" for c in DEMO_CLASSES))
+    return root
+
+
+def _cli(args: list[str]):
+    import subprocess
+    import sys
+
+    from tests.engine.conftest import REPO
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "video_swin.cli", *args], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def _assert_cli_stopped_cleanly(result) -> None:
+    err = result.stderr
+    assert result.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and "Caught" not in err and "DataLoader worker" not in err, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "videos could not be decoded, more than max_bad_fraction=0.05" in errors[0], err[-3000:]
+    assert err.rstrip().endswith("Fix or remove these files, or raise data.max_bad_fraction."), err[-3000:]
+
+
+@pytest.mark.slow
+def test_train_command_with_mostly_broken_videos_and_workers_stops_with_one_message(tiny_data, tmp_path):
+    from .conftest import tiny_overrides
+
+    root = _mostly_broken_data(tiny_data, tmp_path, "train")
+    sets = tiny_overrides(root, tmp_path / "run", **{"data.num_workers": 2, "data.max_bad_fraction": 0.05,
+                                                     "data.classes": root / "classes.txt", "eval.final": "false"})
+    _assert_cli_stopped_cleanly(_cli(["train", "--config", "demo.yaml", "--set", *sets]))
+
+
+@pytest.mark.slow
+def test_evaluate_command_with_mostly_broken_videos_and_workers_stops_with_one_message(tiny_data, tiny_checkpoint,
+                                                                                    tmp_path):
+    path, sets = tiny_checkpoint  # made from tiny_data
+    root = _mostly_broken_data(tiny_data, tmp_path, "val")
+    moved = {"data.root": root, "data.train_annotations": root / "train.csv", "data.val_annotations": root / "val.csv",
+             "data.num_workers": 2, "data.max_bad_fraction": 0.05}
+    sets = [s for s in sets if s.split("=", 1)[0] not in moved] + [f"{k}={v}" for k, v in moved.items()]
+    result = _cli(["evaluate", "--config", "demo.yaml", "--checkpoint", str(path), "--views", "1x1",
+                   "--out", str(tmp_path / "eval"), "--set", *sets])
+    _assert_cli_stopped_cleanly(result)
+    assert not (tmp_path / "eval" / "metrics.json").exists()

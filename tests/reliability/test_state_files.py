@@ -13,7 +13,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from video_swin.engine import TrainingError
+from video_swin.engine import ResumeError, TrainingError
 from video_swin.engine import state as states
 
 
@@ -32,17 +32,23 @@ def test_only_complete_states_are_picked_and_leftovers_are_logged(tmp_path, capl
     (ckpts / "step_8").mkdir()  # not written by us / emptied
     _state(ckpts / "step_10", 10)
     (ckpts / "step_10" / states.TRAINER_STATE).write_text('{"step": 1')  # torn JSON
+    # The newest state is unreadable: an error naming it and the readable one before, never a silent fall-back.
+    with pytest.raises(ResumeError, match=r"step_10/trainer_state.json: the newest training state cannot be read "
+                                          r"\(JSONDecodeError.*--resume \S*step_2$"):
+        states.latest_state(ckpts)
+    shutil.rmtree(ckpts / "step_10")
+    (ckpts / "step_8").rename(ckpts / "step_1")  # an unreadable state older than the newest readable one
     with caplog.at_level(logging.INFO, logger="video_swin.engine.state"):
         assert states.latest_state(ckpts) == ckpts / "step_2"
     logged = caplog.text
     assert "ignoring incomplete state" in logged and ".tmp_step_4" in logged
-    assert "ignoring unreadable state" in logged and "step_8" in logged and "step_10" in logged
+    assert "ignoring unreadable state" in logged and "step_1" in logged
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="video_swin.engine.state"):
         removed = states.remove_incomplete(ckpts)
     assert [p.name for p in removed] == [".old_step_6", ".tmp_step_4"]
     assert sum("interrupted save" in r.getMessage() for r in caplog.records) == 2
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step_10", "step_2", "step_8"]  # others untouched
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_1", "step_2"]  # others untouched
 
 
 @pytest.fixture

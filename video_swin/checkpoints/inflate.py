@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .formats import describe, infer_window, repeat_over_time, resize_bias_table, to_canonical
 from .io import CheckpointError, StateDict, WeightFile, read_state_dict, read_weight_file
-from .loading import LoadReport, assign, check_finite, check_variant, load_checkpoint, source_name
+from .loading import LoadReport, assign, check_complete, check_finite, check_variant, load_checkpoint, source_name
 
 log = logging.getLogger(__name__)
 TEMPORAL_INITS = ("average", "center")
@@ -143,6 +143,7 @@ def inflate_image_checkpoint(
     temporal_init: str = "average",
     *,
     keep_head: bool = False,
+    strict: bool = True,
 ) -> LoadReport:
     """Loads image Swin weights into a video Swin, inflating them over time.
 
@@ -158,6 +159,9 @@ def inflate_image_checkpoint(
         temporal_init: ``"average"`` or ``"center"`` patch-kernel inflation.
         keep_head: load the image classifier too when its class count equals
             the model's; by default it is left freshly initialised.
+        strict: refuse a file that leaves any weight of the backbone
+            missing (e.g. Swin-T weights for a ``swin3d_s``, whose third stage
+            is deeper); False loads what matches and reports the rest as missing.
 
     Returns:
         A :class:`LoadReport`; inflated tensors are listed under ``converted``,
@@ -166,8 +170,8 @@ def inflate_image_checkpoint(
     Raises:
         CheckpointError: ``model3d`` is no video model, ``source`` is already
             a video checkpoint (use ``load_checkpoint``), is no Swin at all, is
-            Swin V1 for a V2 model (or the reverse), or does not fit the
-            model's architecture.
+            Swin V1 for a V2 model (or the reverse), does not fit the model's
+            architecture, or (``strict``) leaves backbone weights missing.
         ValueError: an unknown ``temporal_init``.
     """
     if temporal_init not in TEMPORAL_INITS:
@@ -192,13 +196,19 @@ def inflate_image_checkpoint(
     check_variant(model3d, state, where)
     inflated, notes = inflate_state_dict(state, model3d, temporal_init)
     report = LoadReport(layout=layout, dropped_buffers=dropped)
+    if strict:
+        check_complete(model3d, inflated, where, raw)
     assign(model3d, inflated, report, source_window=None, keep_head=keep_head, where=where, converted=notes)
     log.info("inflated %s (%s layout, %s) into %s", where, layout, temporal_init, type(model3d).__name__)
     return report
 
 
 def load_image_pretrained(
-    model3d: nn.Module, source: str | os.PathLike | Mapping[str, Any] | WeightFile, temporal_init: str = "average"
+    model3d: nn.Module,
+    source: str | os.PathLike | Mapping[str, Any] | WeightFile,
+    temporal_init: str = "average",
+    *,
+    strict: bool = True,
 ) -> LoadReport:
     """Initialises a video model from ImageNet weights: a 2D file is inflated, an already inflated one loaded.
 
@@ -212,7 +222,7 @@ def load_image_pretrained(
     patch = state.get(_PATCH)
     if patch is not None and patch.ndim == 5:
         return load_checkpoint(model3d, weights, keep_head=False)
-    return inflate_image_checkpoint(model3d, weights, temporal_init)
+    return inflate_image_checkpoint(model3d, weights, temporal_init, strict=strict)
 
 
 __all__ = [

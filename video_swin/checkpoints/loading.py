@@ -100,6 +100,29 @@ def source_name(source: Any) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
 
 
+def check_complete(model: nn.Module, state: Mapping[str, Tensor], where: str, raw: Mapping[str, Tensor]) -> None:
+    """Raises CheckpointError if ``state`` (our names) lacks any backbone weight of ``model`` (the head may be absent)."""
+    missing = [k for k in model.state_dict() if k not in state and k not in _HEAD]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f", ... ({len(missing) - 4} more)" if len(missing) > 4 else "")
+        depths = _depths(state)
+        arch = f" with depths {depths}" if depths else ""
+        raise CheckpointError(
+            f"{where} ({describe(dict(raw))}{arch}) leaves {len(missing)} weights of the model missing: {shown}; "
+            f"pick the matching model, or load what matches knowingly (strict=False, --allow-missing)"
+        )
+
+
+def _depths(state: Mapping[str, Tensor]) -> tuple[int, ...] | None:
+    """Blocks per stage of a state dict in our names, e.g. (2, 2, 6, 2) for Swin-T."""
+    blocks: dict[int, set[int]] = {}
+    for key in state:
+        parts = key.split(".")
+        if len(parts) > 3 and parts[0] == "layers" and parts[2] == "blocks" and parts[1].isdigit() and parts[3].isdigit():
+            blocks.setdefault(int(parts[1]), set()).add(int(parts[3]))
+    return tuple(len(blocks[i]) for i in sorted(blocks)) if blocks else None
+
+
 def assign(
     model: nn.Module,
     state: StateDict,
@@ -194,15 +217,18 @@ def load_checkpoint(
     if patch is None:
         raise CheckpointError(f"{where}: no patch embedding found; the file looks like {describe(raw)}")
     if patch.ndim != model.ndim + 2:
-        if patch.ndim == 4:
+        found = describe(raw)  # the file's real dimensionality and layout
+        if patch.ndim == 4 and model.ndim == 3:
             raise CheckpointError(
-                f"{where} is a 2D (image) Swin checkpoint but the model is a video model; "
+                f"{where} is {found}, but the model is a video model; "
                 f"use video_swin.checkpoints.inflate_image_checkpoint(model, path) to inflate it"
             )
-        raise CheckpointError(
-            f"{where} is a 3D (video) Swin checkpoint but the model is an image model; "
-            f"build a video model (e.g. create_model('swin3d_t')) and call load_checkpoint on it"
-        )
+        if patch.ndim == 5 and model.ndim == 2:
+            raise CheckpointError(
+                f"{where} is {found}, but the model is an image model; "
+                f"build a video model (e.g. create_model('swin3d_t')) and call load_checkpoint on it"
+            )
+        raise CheckpointError(f"{where} is {found}; it fits no {model.ndim}D Swin model")
     check_variant(model, state, where)
     meta = source.meta if isinstance(source, WeightFile) else (
         read_sidecar(source) if isinstance(source, (str, os.PathLike)) else None

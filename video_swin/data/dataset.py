@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from ..errors import TrainingError
 from .annotations import build_classes, read_annotations, resolve_labels
 from .broken import FAILURES, DecodeFailure, TooManyBrokenVideos, too_many
 from .decoder_base import DecodeError, Decoder
@@ -62,9 +64,16 @@ class VideoDataset(Dataset):
     way the path is logged once per process (at INFO level inside a
     DataLoader worker, where the main process's :class:`BrokenVideoLog` names
     it instead) and listed with its reason in the sample's ``"failures"``
-    (:class:`~video_swin.data.DecodeFailure` records); more distinct failures
-    than ``max_bad_fraction`` of the dataset (as seen by one process) raise
-    :class:`TooManyBrokenVideos`. Batch samples with
+    (:class:`~video_swin.data.DecodeFailure` records). More distinct failures
+    than ``max_bad_fraction`` of the dataset raise :class:`TooManyBrokenVideos`
+    in the main process: here when the dataset is read there
+    (``num_workers=0``), else from :meth:`BrokenVideoLog.update` on the batch
+    that carries them, so the error is the list of files and not a worker's
+    traceback. Likewise a training sample that finds no decodable video in
+    ``max_attempts`` tries raises :class:`~video_swin.errors.TrainingError`
+    in the main process, and in a worker comes back as a zero video whose last
+    failure record has ``gave_up`` set, which :class:`BrokenVideoLog` turns
+    into the same error. Batch samples with
     ``collate_fn=``:func:`~video_swin.data.collate.collate` (or
     :class:`~video_swin.data.SharedRingCollate`): torch's default collate
     refuses lists of failures whose lengths differ within a batch.
@@ -183,10 +192,8 @@ class VideoDataset(Dataset):
                 video = self._load(index, None)
             except DecodeError as exc:
                 self._record_failure(exc)
-                shape = (self.num_views, 3, self.clip_len, self.crop_size, self.crop_size)
-                dtype = torch.uint8 if self.transform.output == "uint8" else torch.float32
                 failure = DecodeFailure(self.records[index].path, exc.reason)
-                return self._sample(index, torch.zeros(shape, dtype=dtype), valid=False, failures=[failure])
+                return self._sample(index, self._zero_video(), valid=False, failures=[failure])
             return self._sample(index, video)
         failures: list[DecodeFailure] = []
         target = index
@@ -200,8 +207,14 @@ class VideoDataset(Dataset):
                 failures.append(DecodeFailure(self.records[target].path, exc.reason))
                 continue
             return self._sample(target, video, failures=failures)
-        paths = ", ".join(f.path for f in failures)
-        raise RuntimeError(f"{self.max_attempts} videos in a row could not be decoded: {paths}")
+        if get_worker_info() is None:
+            raise TrainingError(
+                f"{self.max_attempts} videos in a row could not be decoded for one training sample: "
+                + ", ".join(f.path for f in failures)
+            )
+        # In a worker: a zero video the main process's BrokenVideoLog refuses (see the class docstring).
+        failures[-1] = dataclasses.replace(failures[-1], gave_up=True)
+        return self._sample(index, self._zero_video()[0], valid=False, failures=failures)
 
     def _load(self, index: int, sample_seed: list[int] | None) -> torch.Tensor:
         """Decodes and transforms video ``index``: ``Tensor[V, 3, T, S, S]``.
@@ -219,6 +232,11 @@ class VideoDataset(Dataset):
         rng = np.random.default_rng([*sample_seed, 1]) if self.mode == "train" else None
         return self.transform(clips, rng)  # (V, 3, T, S, S)
 
+    def _zero_video(self) -> torch.Tensor:
+        """What a video that could not be decoded comes back as: ``Tensor[V, 3, T, S, S]`` of zeros."""
+        shape = (self.num_views, 3, self.clip_len, self.crop_size, self.crop_size)
+        return torch.zeros(shape, dtype=torch.uint8 if self.transform.output == "uint8" else torch.float32)
+
     def _replacement(self, index: int, attempt: int) -> int:
         if len(self) == 1:
             return index
@@ -232,7 +250,9 @@ class VideoDataset(Dataset):
             # In a DataLoader worker the main process's BrokenVideoLog names the file once per epoch.
             log = logger.info if get_worker_info() is not None else logger.warning
             log("cannot decode %s (%s); %s", exc.path, exc.reason, action)
-        if too_many(len(self._bad), len(self), self.max_bad_fraction):
+        # Only in the main process: in a worker the batch's failure records carry this to
+        # the main process's BrokenVideoLog, which raises the same error there.
+        if get_worker_info() is None and too_many(len(self._bad), len(self), self.max_bad_fraction):
             raise TooManyBrokenVideos(list(self._bad), len(self), self.max_bad_fraction, self._bad)
 
     def _sample(

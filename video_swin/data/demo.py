@@ -15,7 +15,10 @@ Layout, as the official Kinetics downloads::
 
 Every video has its own generator seeded by (seed, split, class, number), so
 the output depends only on the seed and the counts (x264 runs single-threaded
-for the same reason).
+for the same reason). A folder of demo data holds a marker file,
+``.video-swin-demo``; :func:`ensure_demo_data` (what ``data.generate_demo``
+runs) generates only into an empty or absent folder, or one with that marker,
+so a mistyped ``data.root`` stops the run instead of filling a wrong folder.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from .annotations import clear_scan_cache
 
 logger = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ _SIZES = ((96, 64), (112, 64), (128, 72), (96, 72), (80, 80), (64, 96), (64, 112
 _FPS = (12, 15, 20, 24, 30)
 _MIN_FRAMES = 32
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+DEMO_MARKER = ".video-swin-demo"  # in every folder of generated demo data
 
 
 def _texture(rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -203,6 +208,8 @@ def make_demo_data(
         ``out``.
     """
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text(f"demo data written by video_swin.data.make_demo_data, seed {seed}\n")
     jobs = []
     for split_id, (split, count) in enumerate((("train", train_per_class), ("val", val_per_class))):
         for forward, backward, motion in _PAIRS:
@@ -225,8 +232,19 @@ def make_demo_data(
     return out
 
 
-def ensure_demo_data(root: str | Path = "data/demo", seed: int = 0, **kwargs) -> Path:
+def ensure_demo_data(
+    root: str | Path = "data/demo",
+    seed: int = 0,
+    *,
+    annotations: Iterable[str | Path | None] = (),
+    **kwargs,
+) -> Path:
     """Generates the demo dataset at ``root`` unless its ``train.csv`` and ``val.csv`` are there.
+
+    Writes only into a folder that is absent, empty, or marked as demo data
+    (:data:`DEMO_MARKER`, which every generated folder holds), and only when
+    the annotation files the run will read lie in ``root``: a mistyped root
+    stops here instead of being filled with demo videos and trained on.
 
     Safe to call from several processes at once: each builds in a temporary
     sibling folder and the first to rename it into place wins.
@@ -234,16 +252,32 @@ def ensure_demo_data(root: str | Path = "data/demo", seed: int = 0, **kwargs) ->
     Args:
         root: Dataset folder.
         seed: Seed for generation.
+        annotations: The annotation files the run will read (e.g. the config's
+            ``data.train_annotations`` and ``data.val_annotations``; None entries
+            are skipped); each must lie in ``root``.
         **kwargs: ``train_per_class``, ``val_per_class``, ``workers`` for :func:`make_demo_data`.
 
     Returns:
         ``root``.
+
+    Raises:
+        ConfigError: An annotation file outside ``root``, or ``root`` a non-empty
+            folder without the demo CSVs and without the marker.
     """
     root = Path(root)
+    check_demo_annotations(root, annotations)
     if (root / "train.csv").is_file() and (root / "val.csv").is_file():
         return root
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists but has no train.csv/val.csv; remove it or choose another folder")
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"demo data folder {root} is a file; check data.root")
+    if root.is_dir() and any(root.iterdir()):
+        if not (root / DEMO_MARKER).is_file():
+            raise ConfigError(
+                f"demo data folder {root} is not empty and holds no demo data (no train.csv/val.csv, "
+                f"no {DEMO_MARKER}); refusing to generate the demo dataset into it: check data.root"
+            )
+        logger.warning("%s: demo data without its CSVs; generating it again", root)
+        shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     logger.info("generating the demo dataset in %s", root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
@@ -259,3 +293,14 @@ def ensure_demo_data(root: str | Path = "data/demo", seed: int = 0, **kwargs) ->
         shutil.rmtree(tmp, ignore_errors=True)
     clear_scan_cache()
     return root
+
+
+def check_demo_annotations(root: str | Path, annotations: Iterable[str | Path | None]) -> None:
+    """Raises ConfigError naming the first annotation file that does not lie in the demo folder ``root``."""
+    folder = Path(root).resolve()
+    for path in annotations:
+        if path is not None and folder not in Path(path).resolve().parents:
+            raise ConfigError(
+                f"data.generate_demo would write the demo data into {root}, but the annotations {path} "
+                f"are not in that folder; check data.root and the annotation paths"
+            )

@@ -76,15 +76,19 @@ def predict_dataset(
     """Scores every video of a prepared loader; results gathered on every process.
 
     Samples may be repeated by the distributed sampler's padding; they are
-    counted once by video index.
+    counted once by video index. More broken videos than the loader's dataset
+    allows (its ``max_bad_fraction``) raise ``TooManyBrokenVideos`` here, in
+    the main process, whether or not DataLoader workers met them.
     """
     was_training = model.training
     model.eval()
     parts: dict[str, list[Tensor]] = {"index": [], "label": [], "scores": [], "valid": []}
-    broken = BrokenVideoLog(0, max_bad_fraction=None)
+    dataset = getattr(loader, "dataset", None)
+    max_bad_fraction = getattr(dataset, "max_bad_fraction", None)
+    broken = BrokenVideoLog(len(dataset) if max_bad_fraction is not None else 0, max_bad_fraction)
     bar = tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False)
     for batch in bar:
-        broken.update(batch)  # the dataset enforces data.max_bad_fraction; this names each file once
+        broken.update(batch)  # names each file once, and stops past the dataset's limit
         videos = clips_to_float(batch["video"])  # uint8 clips (data.output) normalised on the device
         if videos.ndim == 5:  # single view: (B, 3, T, H, W)
             videos = videos.unsqueeze(1)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,33 @@ def _sync_tree(folder: Path) -> None:
     _fsync(folder)
 
 
+def describe_error(error: BaseException) -> str:
+    """An exception on one line: an OSError's cause and errno name, else its type and first line.
+
+    Libraries report a full disk in their own words (``SafetensorError: ... No
+    space left on device``, torch's writer a ``RuntimeError``); the first line
+    keeps the cause.
+    """
+    if isinstance(error, OSError):
+        return _describe(error)
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__
+
+
+# Below this much free space a failed write is put down to a full disk (torch's writer reports one
+# as "[enforce fail at inline_container.cc] unexpected pos", without the cause).
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+def _space_hint(folder: Path) -> str:
+    """`` (only N MiB free on that disk: it is full)`` when the disk holding ``folder`` is nearly full, else ""."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f" (only {free / 2**20:.1f} MiB free on that disk: it is full)" if free < LOW_SPACE_BYTES else ""
+
+
 def _describe(error: OSError) -> str:
     name = errno.errorcode.get(error.errno, "") if error.errno else ""
     where = f" ({error.filename})" if error.filename else ""
@@ -84,6 +112,8 @@ def _step_together(accelerator: Accelerator, work: Callable[[], None], what: str
         work()
     except OSError as e:
         failure = _describe(e)
+    except Exception as e:  # noqa: BLE001 - a library's own error for a failed write (safetensors, torch's writer)
+        failure = describe_error(e) + _space_hint(checkpoints_dir)
     failures = gather_object([failure]) if accelerator.num_processes > 1 else [failure]  # one entry per process
     if not any(failures):
         return
@@ -148,11 +178,11 @@ def save_state(accelerator: Accelerator, checkpoints_dir: Path, counters: dict[s
     return final
 
 
-def list_states(checkpoints_dir: Path) -> list[tuple[int, Path]]:
-    """Complete states as (step, folder); hidden (interrupted) and unreadable folders are skipped with a log line."""
-    states = []
+def _scan(checkpoints_dir: Path) -> tuple[list[tuple[int, Path]], list[tuple[Path, str]]]:
+    """Complete states as sorted (step, folder), and visible state folders whose step cannot be read, with why."""
+    states, unreadable = [], []
     if not checkpoints_dir.is_dir():
-        return states
+        return states, unreadable
     for folder in checkpoints_dir.iterdir():
         if not folder.is_dir():
             continue
@@ -163,8 +193,16 @@ def list_states(checkpoints_dir: Path) -> list[tuple[int, Path]]:
             counters = json.loads((folder / TRAINER_STATE).read_text())
             states.append((int(counters["step"]), folder))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring unreadable state %s: %s", folder, e)
-    return sorted(states)
+            unreadable.append((folder, f"{type(e).__name__}: {' '.join(str(e).split())}"))
+    return sorted(states), unreadable
+
+
+def list_states(checkpoints_dir: Path) -> list[tuple[int, Path]]:
+    """Complete states as (step, folder); hidden (interrupted) and unreadable folders are skipped with a log line."""
+    states, unreadable = _scan(checkpoints_dir)
+    for folder, why in unreadable:
+        log.warning("ignoring unreadable state %s: %s", folder, why)
+    return states
 
 
 def remove_incomplete(checkpoints_dir: Path) -> list[Path]:
@@ -180,9 +218,30 @@ def remove_incomplete(checkpoints_dir: Path) -> list[Path]:
 
 
 def latest_state(checkpoints_dir: Path) -> Path | None:
-    """The newest complete state folder, or None."""
-    states = list_states(checkpoints_dir)
-    return states[-1][1] if states else None
+    """The newest complete state folder, or None.
+
+    Raises:
+        ResumeError: the newest state folder cannot be read; the message names
+            it and the state before it, which ``--resume FOLDER`` continues from.
+            (Falling back to the older state silently would drop every step and
+            metrics row since.)
+    """
+    states, unreadable = _scan(checkpoints_dir)
+    newest = states[-1] if states else None
+    newer = []
+    for folder, why in unreadable:
+        # Its step is what cannot be read, so the name we gave it (step_<N>) orders it.
+        match = re.fullmatch(r"step_(\d+)", folder.name)
+        if match is not None and (newest is None or int(match[1]) > newest[0]):
+            newer.append((int(match[1]), folder, why))
+        else:
+            log.warning("ignoring unreadable state %s: %s", folder, why)
+    if newer:
+        _, folder, why = max(newer)
+        before = (f"continue from the newest readable state with --resume {newest[1]}" if newest is not None
+                  else "no readable state is older; move it away to start over")  # fmt: skip
+        raise ResumeError(f"{folder / TRAINER_STATE}: the newest training state cannot be read ({why}); {before}")
+    return newest[1] if newest else None
 
 
 def _unsafe_pickle(folder: Path) -> tuple[Path, pickle.UnpicklingError] | None:

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..checkpoints import save_checkpoint
 from ..config import Config, to_dict
 from ..data import BrokenVideoLog, clips_to_float, ensure_demo_data
-from ..errors import TrainingError
+from ..errors import Preempted, ResumeError, TrainingError
 from . import state as states
 from .build import (
     build_datasets,
@@ -45,6 +46,8 @@ from .build import (
 from .evaluate import format_summary, metrics, predict_dataset, run_evaluation
 from .optim import build_optimizer, lr_factor, set_lr
 from .plots import plot_curves
+from .preemption import StopSignals
+from .run_dir import RunLock, check_resume_config, on_main, prepare_folder
 
 log = logging.getLogger(__name__)
 
@@ -155,29 +158,89 @@ class Run:
         return self.out / "checkpoints"
 
 
-def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """Trains ``cfg`` and runs the final evaluation; returns the final metrics."""
+def train(
+    cfg: Config, resume: bool | str = False, *, overwrite: bool = False, allow_changes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Trains ``cfg`` and runs the final evaluation; returns the final metrics.
+
+    Args:
+        cfg: the config.
+        resume: False: a new run (``output_dir`` must hold none); True or
+            ``"auto"``: continue from the newest complete state if there is
+            one, else start; a path: continue from that state folder.
+        overwrite: a new run replaces the run ``output_dir`` holds.
+        allow_changes: config keys (or sections) allowed to differ from the
+            resumed run's (see :func:`.run_dir.check_resume_config`).
+
+    Raises:
+        ConfigError: ``output_dir`` in use by another run, or holding a run
+            while neither resuming nor overwriting, or a config change that
+            breaks an exact resume.
+        ResumeError: the state to resume from cannot be read.
+    """
     accelerator = make_accelerator(cfg)
     accelerator.print(f"world size: {accelerator.num_processes} ({accelerator.device}, "
                       f"mixed precision {cfg.train.mixed_precision})")
     torch.manual_seed(cfg.seed)
-    run = _build_run(cfg, accelerator)
-    if resume:
-        _restore(run)
-    elif accelerator.is_main_process and run.metrics_log.path.exists():
-        run.metrics_log.path.unlink()
-    if accelerator.is_main_process:
-        accelerator.init_trackers("tensorboard", config=_flat(to_dict(cfg)))
-    _train_loop(run)
-    return _finish(run)
+    lock = RunLock(cfg.output_dir)
+    on_main(accelerator, lock.acquire)  # held by the main process until the run ends, however it ends
+    try:
+        state = _resume_point(cfg, accelerator, resume, overwrite, allow_changes)
+        run = _build_run(cfg, accelerator)
+        if state is not None:
+            _restore(run, state)
+        elif resume:
+            accelerator.print(f"--resume: no complete state in {run.checkpoints}; starting from scratch")
+            run.metrics_log.truncate_after(0)  # a run killed before its first save logged steps it will redo
+        elif accelerator.is_main_process and run.metrics_log.path.exists():
+            run.metrics_log.path.unlink()
+        if accelerator.is_main_process:
+            accelerator.init_trackers("tensorboard", config=_flat(to_dict(cfg)))
+        _train_loop(run)
+        return _finish(run)
+    finally:
+        lock.release()
+
+
+def _resume_point(
+    cfg: Config, accelerator: Accelerator, resume: bool | str, overwrite: bool, allow_changes: Sequence[str]
+) -> Path | None:
+    """The state folder to resume from (None: start), after every check and before anything is written.
+
+    A folder that holds a run is refused unless resuming or overwriting;
+    resuming compares the saved config with this one, so that ``config.yaml``
+    is only replaced by a config the run can continue with.
+    """
+    out = Path(cfg.output_dir)
+    checkpoints = out / "checkpoints"
+    on_main(accelerator, lambda: prepare_folder(out, resume=bool(resume), overwrite=overwrite))
+    if not resume:
+        return None
+    if resume in (True, "auto"):
+        if accelerator.is_main_process:
+            states.remove_incomplete(checkpoints)
+        accelerator.wait_for_everyone()
+        folder = states.latest_state(checkpoints)  # raises if the newest state is unreadable
+    else:
+        folder = Path(resume)
+        if not (folder / states.TRAINER_STATE).is_file():
+            raise ResumeError(f"--resume {folder}: not a complete training state (no {states.TRAINER_STATE} in it)")
+    if folder is not None and (out / "config.yaml").is_file():
+        new = {**to_dict(cfg), "world_size": accelerator.num_processes}
+        accepted: list[str] = []
+        on_main(accelerator, lambda: accepted.extend(check_resume_config(out / "config.yaml", new, allow_changes)))
+        if accepted:
+            accelerator.print(f"--resume: config changes accepted: {'; '.join(accepted)}")
+    return folder
 
 
 def _build_run(cfg: Config, accelerator: Accelerator) -> Run:
     """Data (generating the demo set if configured), the run folder's files, then model, optimizer and loaders."""
     main, out = accelerator.is_main_process, Path(cfg.output_dir)
-    if cfg.data.generate_demo and main:
-        ensure_demo_data(cfg.data.root, seed=cfg.seed)
-    accelerator.wait_for_everyone()
+    if cfg.data.generate_demo:  # into data.root only if that is where the annotations are (never a mistyped root)
+        d = cfg.data
+        on_main(accelerator, lambda: ensure_demo_data(d.root, seed=cfg.seed,
+                                                      annotations=(d.train_annotations, d.val_annotations)))
     train_ds, val_ds, test_ds = build_datasets(cfg)
     classes = list(train_ds.classes)
     num_classes = cfg.model.num_classes or len(classes)
@@ -197,20 +260,11 @@ def _build_run(cfg: Config, accelerator: Accelerator) -> Run:
                val_loader, test_loader, Schedule.of(cfg, len(train_loader)), MetricsLog(out / "metrics.jsonl", main))
 
 
-def _restore(run: Run) -> None:
-    """``--resume``: the newest complete state (model, optimizer, RNG, counters), or a fresh start if none."""
-    accelerator = run.accelerator
-    if accelerator.is_main_process:
-        states.remove_incomplete(run.checkpoints)
-    accelerator.wait_for_everyone()
-    folder = states.latest_state(run.checkpoints)
-    if folder is None:
-        accelerator.print(f"--resume: no complete state in {run.checkpoints}; starting from scratch")
-        run.metrics_log.truncate_after(0)  # a run killed before its first save logged steps it will redo
-        return
-    run.counters = states.load_state(accelerator, folder)
+def _restore(run: Run, folder: Path) -> None:
+    """Model, optimizer, RNG and counters from a complete state; the metrics rows after it are dropped."""
+    run.counters = states.load_state(run.accelerator, folder)
     run.metrics_log.truncate_after(run.counters["step"])
-    accelerator.print(f"resumed from {folder} at step {run.counters['step']}")
+    run.accelerator.print(f"resumed from {folder} at step {run.counters['step']}")
 
 
 class _StepStats:
@@ -228,7 +282,12 @@ class _StepStats:
 
 
 def _train_loop(run: Run) -> None:
-    """Epochs of optimizer steps until ``schedule.total_steps``, with the periodic single-view validation."""
+    """Epochs of optimizer steps until ``schedule.total_steps``, with the periodic single-view validation.
+
+    SIGTERM, SIGINT and SIGUSR1 are caught for its duration (:mod:`.preemption`):
+    after the optimizer step in progress (or the validation), every process saves
+    that step and the run stops with :class:`~video_swin.errors.Preempted`.
+    """
     cfg, accelerator, counters, schedule = run.cfg, run.accelerator, run.counters, run.schedule
     broken = BrokenVideoLog(len(run.train_ds), cfg.data.max_bad_fraction)
     bar = tqdm(total=schedule.total_steps, initial=counters["step"], desc="train",
@@ -237,28 +296,39 @@ def _train_loop(run: Run) -> None:
     run.model.train()
     # The bar is closed before an error propagates, so the error is the last line printed;
     # log lines (broken videos) go above the bar instead of through it.
-    with contextlib.closing(bar), logging_redirect_tqdm():
+    with contextlib.closing(bar), logging_redirect_tqdm(), StopSignals(below_bar=not bar.disable) as stop:
         for epoch in range(counters["epoch"], schedule.num_epochs):
             if counters["step"] >= schedule.total_steps:
                 break
-            finished = _train_epoch(run, epoch, broken, bar, stats)
+            finished = _train_epoch(run, epoch, broken, bar, stats, stop)
             if finished:
                 counters["epoch"], counters["batches_in_epoch"] = epoch + 1, 0
             broken.end_epoch(epoch)
             every = cfg.eval.every_epochs
             if every and ((epoch + 1) % every == 0 or counters["step"] >= schedule.total_steps):
                 _validate(run, epoch)
+            _stop_if_asked(run, stop, saved=False)  # a signal during the validation: the state after it
 
 
-def _train_epoch(run: Run, epoch: int, broken: BrokenVideoLog, bar: tqdm, stats: _StepStats) -> bool:
-    """One epoch's batches (the unconsumed ones when resuming); False if the run ended inside it."""
+def _train_epoch(run: Run, epoch: int, broken: BrokenVideoLog, bar: tqdm, stats: _StepStats,
+                 stop: StopSignals) -> bool:
+    """One epoch's batches (the unconsumed ones when resuming); False if the run ended inside it.
+
+    A stop request is looked at after each optimizer step only, so a signal in
+    the middle of an accumulation cycle takes effect at the end of the cycle.
+    """
     accelerator, counters = run.accelerator, run.counters
     run.train_ds.set_epoch(epoch)
+    # The epoch goes to the prepared loader, before any skipping: it reaches the sampler through
+    # accelerate's per-process shard, which the skipping loader of a resumed multi-process run
+    # does not look through (the resumed epoch would get epoch 0's order).
+    if hasattr(run.train_loader, "set_epoch"):
+        run.train_loader.set_epoch(epoch)
     loader = run.train_loader
     if counters["batches_in_epoch"]:
         loader = accelerator.skip_first_batches(run.train_loader, counters["batches_in_epoch"])
-    if hasattr(loader, "set_epoch"):
-        loader.set_epoch(epoch)
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
     for batch in loader:
         broken.update(batch)
         _forward_backward(run, batch, stats)
@@ -266,7 +336,8 @@ def _train_epoch(run: Run, epoch: int, broken: BrokenVideoLog, bar: tqdm, stats:
         stats.clips += batch["video"].shape[0] * accelerator.num_processes
         if not accelerator.sync_gradients:
             continue
-        _after_optimizer_step(run, epoch, bar, stats)
+        saved = _after_optimizer_step(run, epoch, bar, stats)
+        _stop_if_asked(run, stop, saved=saved)
         if counters["step"] >= run.schedule.total_steps:
             return False
     return True
@@ -299,8 +370,11 @@ def _forward_backward(run: Run, batch: dict[str, Any], stats: _StepStats) -> Non
             optimizer.zero_grad(set_to_none=True)
 
 
-def _after_optimizer_step(run: Run, epoch: int, bar: tqdm, stats: _StepStats) -> None:
-    """Counts the step (stopping after too many non-finite ones in a row), logs it and saves a state when due."""
+def _after_optimizer_step(run: Run, epoch: int, bar: tqdm, stats: _StepStats) -> bool:
+    """Counts the step (stopping after too many non-finite ones in a row), logs it and saves a state when due.
+
+    Returns whether it saved one.
+    """
     cfg, accelerator, counters = run.cfg, run.accelerator, run.counters
     counters["step"] += 1
     step, total = counters["step"], run.schedule.total_steps
@@ -326,6 +400,28 @@ def _after_optimizer_step(run: Run, epoch: int, bar: tqdm, stats: _StepStats) ->
     stats.loss, stats.bad_cycle = 0.0, False
     if step % cfg.train.save_every_steps == 0 or step == total:
         states.save_state(accelerator, run.checkpoints, counters, cfg.train.keep_last)
+        return True
+    return False
+
+
+def _stop_if_asked(run: Run, stop: StopSignals, *, saved: bool) -> None:
+    """If any process received a stop signal, all save this step (unless ``saved`` already) and stop.
+
+    Every process calls it at the same points of the loop (it holds one
+    collective), so all agree on the request and save the same step.
+
+    Raises:
+        Preempted: a signal asked the run to stop; the state of the current
+            step is complete on disk.
+    """
+    accelerator = run.accelerator
+    signum = stop.agreed(accelerator)
+    if not signum:
+        return
+    if not saved:
+        states.save_state(accelerator, run.checkpoints, run.counters, run.cfg.train.keep_last)
+    accelerator.end_training()  # trackers flushed, process group closed: the run ends here
+    raise Preempted(run.counters["step"], signum, accelerator.process_index if accelerator.num_processes > 1 else None)
 
 
 def _validate(run: Run, epoch: int) -> None:
@@ -348,9 +444,9 @@ def _finish(run: Run) -> dict[str, Any]:
         try:
             save_checkpoint(accelerator.unwrap_model(run.model), out / "model.safetensors", classes=run.classes,
                             step=step, config=to_dict(cfg))  # fmt: skip
-        except OSError as e:  # written atomically: nothing half-written is left behind
+        except Exception as e:  # written atomically: nothing half-written is left behind
             raise TrainingError(
-                f"could not write the final weights {out / 'model.safetensors'}: {e.strerror or e}; "
+                f"could not write the final weights {out / 'model.safetensors'}: {states.describe_error(e)}; "
                 f"the training state of step {step} is in {run.checkpoints}"
             ) from e
     summary: dict[str, Any] = {}
