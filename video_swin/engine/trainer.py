@@ -47,7 +47,7 @@ from .evaluate import format_summary, metrics, predict_dataset, run_evaluation
 from .optim import build_optimizer, lr_factor, set_lr
 from .plots import plot_curves
 from .preemption import StopSignals
-from .run_dir import RunLock, check_resume_config, on_main, prepare_folder
+from .run_dir import RunLock, check_resume_config, flat, on_main, prepare_folder
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,6 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
 
 
 @dataclass(frozen=True)
@@ -195,11 +185,16 @@ def train(
         elif accelerator.is_main_process and run.metrics_log.path.exists():
             run.metrics_log.path.unlink()
         if accelerator.is_main_process:
-            accelerator.init_trackers("tensorboard", config=_flat(to_dict(cfg)))
+            accelerator.init_trackers("tensorboard", config=_tracker_config(cfg))
         _train_loop(run)
         return _finish(run)
     finally:
         lock.release()
+
+
+def _tracker_config(cfg: Config) -> dict[str, Any]:
+    """The config as TensorBoard's hyperparameters: dotted keys, scalars kept, anything else as text."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat(to_dict(cfg)).items()}
 
 
 def _resume_point(
