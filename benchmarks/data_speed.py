@@ -5,7 +5,9 @@ frames every 2, short side 256, random resized crop to 224, flip, normalise):
 
 * ours: ``VideoDataset`` in train mode (decord, one ``get_batch`` of the clip's frames);
 * pytorchvideo: its ``LabeledVideoDataset`` + random clip sampler (PyAV) with the same transforms;
-* bare decode: decord reading exactly the frames our dataset reads, nothing else.
+* bare decode: decord reading exactly the frames our dataset reads, nothing else;
+* exact decode: each ``--decoders`` name through the frame index (what the
+  dataset does), the same frames; the index is built in the warm-up repetition.
 
 The videos are written first: 340x256, 10 s at 30 fps, a keyframe every 2 s,
 H.264 (crf 23), with moving texture so the bitrate is realistic. Measurements
@@ -48,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from video_swin.data import ClipTransform, VideoDataset
+from video_swin.data import ClipTransform, VideoDataset, get_decoder
 from video_swin.data.collate import SharedRingCollate, collate
 from video_swin.data.demo import write_video
 from video_swin.data.pytorchvideo_pipeline import PytorchvideoDataset
@@ -92,6 +94,37 @@ def bare_decode(dataset: VideoDataset, epoch: int) -> None:
         indices = train_clip_indices(len(reader), CLIP["clip_len"], CLIP["frame_interval"], rng)
         reader.get_batch(sorted(set(indices.tolist()))).asnumpy()
         del reader
+
+
+def exact_decode(dataset: VideoDataset, epoch: int, decoder) -> None:
+    """``decoder`` (exact, through the frame index) reading the frames ``bare_decode`` reads."""
+    for i, record in enumerate(dataset.records):
+        rng = np.random.default_rng([dataset.seed, epoch, i, 0, 0])
+
+        def select(n: int, rng=rng) -> list[int]:
+            return sorted(set(train_clip_indices(n, CLIP["clip_len"], CLIP["frame_interval"], rng).tolist()))
+
+        decoder.read(record.path, select)
+
+
+def index_costs(paths: list[str], reps: int) -> tuple[float, float, float]:
+    """Median ms to build a frame index, to load it from the disk cache, and its size in bytes."""
+    from video_swin.data.frame_index import FrameIndex, build_frame_index  # noqa: PLC0415
+
+    build, load, sizes = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(reps):
+            for k, path in enumerate(paths):
+                start = time.perf_counter()
+                index = build_frame_index(path)
+                build.append(time.perf_counter() - start)
+                stored = Path(tmp) / f"{k}.npz"
+                index.save(stored)
+                start = time.perf_counter()
+                FrameIndex.load(stored)
+                load.append(time.perf_counter() - start)
+                sizes.append(stored.stat().st_size)
+    return 1000 * statistics.median(build), 1000 * statistics.median(load), statistics.median(sizes)
 
 
 class _Repeated(torch.utils.data.Dataset):
@@ -240,6 +273,8 @@ def main() -> None:
                         help="DataLoader part: also output='uint8' through the ring, normalised here and not")
     parser.add_argument("--loader-passes", type=int, default=4,
                         help="DataLoader part: passes over the videos per repetition (default: 4)")
+    parser.add_argument("--decoders", default="decord,auto", type=lambda v: v.split(","),
+                        help="exact decoders to time, the first also in the full pipeline (default: decord,auto)")
     args = parser.parse_args()
     try:
         workers = [int(n) for n in args.workers.split(",") if n.strip()]
@@ -255,11 +290,13 @@ def main() -> None:
         for k in range(args.videos):
             (root / f"class {k % 2}").mkdir(exist_ok=True)
             make_k400_like(root / f"class {k % 2}" / f"video{k:03d}.mp4", seed=k)
-        ours = VideoDataset(root, **CLIP)
+        ours = VideoDataset(root, decoder=args.decoders[0], **CLIP)
         ptv = PytorchvideoDataset(root, **CLIP, shuffle=False)
-        runs = {"ours": lambda rep: run_ours(ours, rep),
-                "bare decode": lambda rep: bare_decode(ours, rep),
-                "pytorchvideo": lambda rep: sum(1 for _ in ptv)}  # fmt: skip
+        runs = {f"ours ({args.decoders[0]})": lambda rep: run_ours(ours, rep),
+                "bare decode (decord)": lambda rep: bare_decode(ours, rep)}  # fmt: skip
+        for name in args.decoders:
+            runs[f"exact decode ({name})"] = lambda rep, d=get_decoder(name): exact_decode(ours, rep, d)
+        runs["pytorchvideo"] = lambda rep: sum(1 for _ in ptv)
         wall: dict[str, list[float]] = {name: [] for name in runs}
         cpu: dict[str, list[float]] = {name: [] for name in runs}
         for rep in range(args.reps + 1):  # repetition 0 warms up caches and is dropped
@@ -274,6 +311,7 @@ def main() -> None:
         if args.uint8:
             variants["uint8, ring, normalised here"] = {"output": "uint8", "ring": True, "normalise": True}
             variants["uint8, ring"] = {"output": "uint8", "ring": True, "normalise": False}
+        build_ms, load_ms, size = index_costs([r.path for r in ours.records], args.reps)
         loader = loader_scaling(ours, workers, args.reps, args.loader_passes, variants) if workers else {}
         ceiling = independent_processes(ours, workers, args.reps, args.loader_passes) if workers else {}
     clips = len(ours)
@@ -285,9 +323,13 @@ def main() -> None:
         w, c = statistics.median(wall[name]) / clips, statistics.median(cpu[name]) / clips
         ms[name] = (w, c)
         print(f"| {name} | {1 / w:.1f} | {1000 * w:.1f} | {1000 * c:.1f} |")
+    first, bare = f"ours ({args.decoders[0]})", "bare decode (decord)"
     for i, kind in enumerate(("wall", "CPU")):
-        print(f"\n{kind}: ours / pytorchvideo speed {ms['pytorchvideo'][i] / ms['ours'][i]:.2f}x, "
-              f"decode share of our time {ms['bare decode'][i] / ms['ours'][i]:.0%}")
+        print(f"\n{kind}: ours / pytorchvideo speed {ms['pytorchvideo'][i] / ms[first][i]:.2f}x, "
+              f"decode share of our time {ms[bare][i] / ms[first][i]:.0%}; exact / bare decode: " + ", ".join(
+                  f"{name} {ms[f'exact decode ({name})'][i] / ms[bare][i]:.2f}x" for name in args.decoders))
+    print(f"\nframe index per video (300 frames): built in {build_ms:.1f} ms, loaded from the disk cache "
+          f"in {load_ms:.2f} ms, {size / 1024:.1f} KiB on disk (medians)")
 
     if loader:
         print(f"\nDataLoader over ours, batch 1, {len(ours) * args.loader_passes} clips per repetition, "

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-Decoder = Literal["decord", "pyav"]
+Decoder = Literal["decord", "pyav", "torchcodec", "auto"]
 Pipeline = Literal["native", "pytorchvideo"]
 ClipOutput = Literal["float", "uint8"]  # uint8: workers send uint8 clips, normalised on the device
 MixedPrecision = Literal["no", "fp16", "bf16"]

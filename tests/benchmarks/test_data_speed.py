@@ -14,7 +14,8 @@ def test_smoke_run_with_workers():
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| ours |" in done.stdout and "| pytorchvideo |" in done.stdout
+    assert "| ours (decord) |" in done.stdout and "| pytorchvideo |" in done.stdout
+    assert "exact decode (decord)" in done.stdout and "frame index per video" in done.stdout
     assert "float32, ring clips/s" in done.stdout and "uint8, ring clips/s" in done.stdout
     rows = [line for line in done.stdout.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
     assert len(rows) == 4  # clips/s with 0 and 1 worker, then CPU per clip

@@ -1,4 +1,6 @@
-"""Decoders on tiny mp4s: exact frames by index, decord == PyAV, broken files, released readers."""
+"""Decoders on tiny mp4s: frames by index, decord == PyAV, broken files, released readers.
+
+Exactness across real-world encodings is in test_exact_decoding.py."""
 
 import os
 import subprocess
@@ -11,10 +13,20 @@ import torch
 from video_files import frame_indices_of, textured_frames, write_mp4
 
 from video_swin.data import DecodeError, get_decoder
-from video_swin.data.decoders import DecordDecoder, FallbackDecoder, PyAVDecoder
+from video_swin.data.decoders import (
+    DecordDecoder,
+    ExactDecoder,
+    PyAVDecoder,
+    torchcodec_available,
+)
 
-DECODERS = [DecordDecoder(), PyAVDecoder(), get_decoder("decord")]
-IDS = ["decord", "pyav", "decord+pyav"]
+DECODERS = [DecordDecoder(), PyAVDecoder(), get_decoder("decord"), get_decoder("auto")]
+IDS = ["decord", "pyav", "decord+pyav", "auto"]
+if torchcodec_available():
+    from video_swin.data.decoders import TorchCodecDecoder
+
+    DECODERS.append(TorchCodecDecoder())
+    IDS.append("torchcodec")
 
 
 @pytest.mark.parametrize("decoder", DECODERS, ids=IDS)
@@ -55,13 +67,14 @@ def test_broken_files_raise_decode_error(decoder, kind, broken_files):
     assert info.value.path == str(path) and info.value.reason
 
 
-def test_fallback_decodes_what_decord_cannot(tmp_path, caplog):
+def test_fallback_decodes_what_decord_cannot(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr("video_swin.data.decoders._warned", False)  # warned once per process
     # decord 0.6 cannot convert frames 72 pixels wide; PyAV takes over for that file.
     path = write_mp4(tmp_path / "w72.mp4", textured_frames(12, height=48, width=72))
     with pytest.raises(DecodeError):
         DecordDecoder().get_frames(path, [0, 3])
     decoder = get_decoder("decord")
-    assert isinstance(decoder, FallbackDecoder)
+    assert isinstance(decoder, ExactDecoder)
     frames = decoder.get_frames(path, [0, 3])
     torch.testing.assert_close(frames, PyAVDecoder().get_frames(path, [0, 3]))
     assert any("decoded with pyav" in r.getMessage() for r in caplog.records)

@@ -130,15 +130,19 @@ def _install(fault: str) -> None:
     elif kind == "hostile_decoder":
         from video_swin.data import decoders
 
-        for cls in (decoders.DecordDecoder, decoders.PyAVDecoder):
-            def read(self, path, select, _original=cls.read):
-                if "CRASH" in str(path):
-                    os.kill(os.getpid(), signal.SIGSEGV)
-                if "HANG" in str(path):
-                    time.sleep(10**6)
-                return _original(self, path, select)
+        def hostile(path):
+            if "CRASH" in str(path):
+                os.kill(os.getpid(), signal.SIGSEGV)
+            if "HANG" in str(path):
+                time.sleep(10**6)
 
-            cls.read = read
+        original_index = decoders.get_frame_index  # every backend's first step
+
+        def get_frame_index(path):
+            hostile(path)
+            return original_index(path)
+
+        decoders.get_frame_index = get_frame_index
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

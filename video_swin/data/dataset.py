@@ -90,7 +90,8 @@ class VideoDataset(Dataset):
         num_crops: Crops per clip in val/test mode: 1 (centre) or 3 (along the long side);
             default 1, or the transform's.
         crop_size: Output side (S); default 224, or the transform's.
-        decoder: "decord" (falls back to PyAV per file), "pyav", or a :class:`Decoder`.
+        decoder: "decord", "pyav", "torchcodec", "auto" (all exact: each file goes to a backend
+            that is exact for it, see :mod:`~video_swin.data.decoders`), or a :class:`Decoder`.
         seed: Base seed of all sampling randomness.
         transform: The spatial recipe, built once (e.g. ``ClipTransform("val", 224,
             256, output="uint8")``); its mode must be "train" for a training set
