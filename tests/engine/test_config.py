@@ -98,7 +98,7 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("data.decoder=opencv", "data.decoder: must be one of ['decord', 'pyav'], got 'opencv'"),
+        ("data.decoder=opencv", "data.decoder: must be one of ['decord', 'pyav', 'torchcodec', 'auto'], got 'opencv'"),
         ("model.depths=[1.5]", "model.depths[0]: expected int, got 1.5"),
         ("train.mixed_precision=no", "quote the value"),
         ("train.epoch=3", "train.epoch"),

@@ -98,9 +98,9 @@ class FrameIndex:
         return self.pts[positions].astype(np.float64) * float(self.time_base)
 
     # -- storage: npz with plain arrays and a JSON header, loaded without pickle --
-    def save(self, path: str | Path) -> None:
-        """Writes the index to ``path`` (``.npz``) atomically."""
-        header = {
+    def save(self, path: str | Path, video_size: int | None = None) -> None:
+        """Writes the index to ``path`` (``.npz``) atomically; ``video_size`` marks a sidecar's video."""
+        header = {"video_size": video_size,
             "version": FORMAT_VERSION, "time_base": [self.time_base.numerator, self.time_base.denominator],
             "rotation": self.rotation, "timestamps": self.timestamps, "open_gop": self.open_gop,
             "reordered": self.reordered, "codec": self.codec, "container": self.container,
@@ -128,6 +128,7 @@ class FrameIndex:
             pts, keyframes = data["pts"].astype(np.int64), data["keyframes"].astype(np.int64)
         num, den = header.pop("time_base")
         del header["version"]
+        header.pop("video_size", None)
         return cls(pts=pts, keyframes=keyframes, time_base=Fraction(num, den), **header)
 
 
@@ -222,7 +223,8 @@ class FrameIndexCache:
             self._memory.move_to_end(key)
             return index
         stored = self._file(key)
-        if stored is not None and stored.exists():
+        index = _sidecar(real, st.st_size)
+        if index is None and stored is not None and stored.exists():
             try:
                 index = FrameIndex.load(stored)
             except Exception as exc:  # a stale format or a damaged file: build it again
@@ -244,6 +246,32 @@ class FrameIndexCache:
             return None
         digest = hashlib.sha256("\0".join(map(str, key)).encode()).hexdigest()
         return self.folder / digest[:2] / f"{digest}.npz"
+
+
+SIDECAR_SUFFIX = ".index.npz"
+
+
+def save_sidecar(index: FrameIndex, video: str | Path) -> None:
+    """Stores ``index`` beside ``video`` (``<video>.index.npz``, as ``video-swin prepare`` does).
+
+    A sidecar travels with the data (other machines, other mount points) and is
+    used instead of the cache while the video keeps its size.
+    """
+    index.save(f"{video}{SIDECAR_SUFFIX}", video_size=os.path.getsize(video))
+
+
+def _sidecar(video: str, size: int) -> FrameIndex | None:
+    path = f"{video}{SIDECAR_SUFFIX}"
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if json.loads(data["header"].tobytes().decode()).get("video_size") != size:
+                return None  # the video changed since: build the index again
+        return FrameIndex.load(path)
+    except Exception as exc:  # a damaged sidecar is ignored, never trusted
+        logger.debug("sidecar %s unreadable (%s)", path, exc)
+        return None
 
 
 def default_cache_folder() -> Path | None:
