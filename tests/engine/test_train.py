@@ -56,8 +56,8 @@ def test_resume_after_kill_gives_the_uninterrupted_weights(tiny_data, tmp_path):
     assert losses(full) == losses(cut)
 
 
-def test_two_processes_log_the_losses_of_one_with_the_global_batch(tiny_data, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
+def test_two_processes_and_two_machines_log_the_losses_of_one_with_the_global_batch(tiny_data, tmp_path):
+    one, two, nodes = tmp_path / "one", tmp_path / "two", tmp_path / "nodes"
     run_train(tiny_overrides(tiny_data, one, **{"train.batch_size": 4, "eval.final": "false"}),
               launcher=(ACCELERATE, "launch", "--num_processes", "1"))
     result = run_train(tiny_overrides(tiny_data, two, **{"train.batch_size": 2, "eval.final": "false"}),
@@ -67,6 +67,19 @@ def test_two_processes_log_the_losses_of_one_with_the_global_batch(tiny_data, tm
     (s1, l1), (s2, l2) = zip(*losses(one)), zip(*losses(two))
     assert s1 == s2
     torch.testing.assert_close(torch.tensor(l2), torch.tensor(l1), rtol=1e-4, atol=1e-5)
+
+    # Two machines of one process each, on the loopback interface, one shared output folder
+    # (docs/MULTI_NODE.md): the launch a cluster does, node by node.
+    sets = tiny_overrides(tiny_data, nodes, **{"train.batch_size": 2, "eval.final": "false"})
+    node = [ACCELERATE, "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2",
+            "--main_process_ip", "127.0.0.1", "--main_process_port", "29579", "--machine_rank"]  # fmt: skip
+    second = run_train(sets, launcher=(*node, "1"), popen=True)
+    run_train(sets, launcher=(*node, "0"))
+    assert second.wait(timeout=120) == 0
+    assert "world_size: 2" in (nodes / "config.yaml").read_text()
+    s3, l3 = zip(*losses(nodes))
+    assert s3 == s1
+    torch.testing.assert_close(torch.tensor(l3), torch.tensor(l1), rtol=1e-4, atol=1e-5)
 
 
 def test_uint8_clips_and_the_default_collate_train_and_evaluate_exactly_alike(tiny_data, tmp_path):
