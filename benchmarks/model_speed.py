@@ -59,7 +59,7 @@ from speed.levers import infer_levers_part, levers_memory, levers_part  # noqa: 
 from speed.memory import memory_child, memory_part  # noqa: E402
 from speed.micro import micro_part  # noqa: E402
 from speed.report import print_report  # noqa: E402
-from speed.timing import scaling_part, time_part  # noqa: E402
+from speed.timing import gemm_limit, scaling_part, time_part  # noqa: E402
 
 from video_swin.models import kernels  # noqa: E402
 
@@ -144,6 +144,8 @@ def main() -> None:
             shape = args.train_shape if part == "train" else args.infer_shape
             results[part] = {"shape": shape_text(shape), **time_part(part, models, shape, args)}
             print(f"{part}: done ({results[part]['ratio_wall']:.2f}x wall)", file=sys.stderr, flush=True)
+    if {"train", "infer"} & set(parts):
+        results["limit"] = gemm_limit(models, results, args)
     if "memory" in parts:
         for mode in args.memory_modes.split(","):
             for allocator in args.allocators.split(","):

@@ -12,6 +12,7 @@ working.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -116,6 +117,18 @@ class TooManyBrokenVideos(RuntimeError):
         return (type(self), (self.paths, self.num_videos, self.max_bad_fraction, self.reasons))
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The cause an exception gives, on one line, for a reason shown to users.
+
+    FFmpeg's errors (PyAV, ``OSError`` subclasses) give their message without
+    the errno and path; decord's lose their log prefix ("[12:34:56] /src/x.cc:171: ").
+    """
+    if isinstance(getattr(exc, "strerror", None), str):
+        return exc.strerror[:limit]
+    text = str(exc).strip().splitlines()
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", text[0])[:limit] if text else type(exc).__name__
+
+
 # Exit codes of the command line: user mistakes and runs that cannot go on.
 USAGE_ERRORS = (ConfigError, CheckpointError, ResumeError, FileNotFoundError)
 RUN_ERRORS = (TrainingError, TooManyBrokenVideos)
@@ -131,4 +144,5 @@ __all__ = [
     "TooManyBrokenVideos",
     "TrainingError",
     "USAGE_ERRORS",
+    "first_line",
 ]

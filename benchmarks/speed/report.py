@@ -22,6 +22,17 @@ def print_report(results: dict, args: argparse.Namespace) -> None:
             print(f"| {part} | {r['shape']} | {r['ours_wall']:.2f} | {r['theirs_wall']:.2f} "
                   f"| **{r['ratio_wall']:.2f}x** | {r['pair_ratio_wall']:.2f}x "
                   f"| {r['ours_cpu']:.2f} / {r['theirs_cpu']:.2f} | {r['ratio_cpu']:.2f}x |")  # fmt: skip
+        if "limit" in results:
+            lim = results["limit"]
+            print(f"\nGEMM limit, measured in this run: {lim['profile']['cpu']} ({lim['profile']['capability']}): "
+                  f"float32 {lim['profile']['fp32_gflops']:.0f} GFLOP/s, bf16 {lim['profile']['bf16_gflops']:.0f} "
+                  f"GFLOP/s ({'native' if lim['profile']['bf16_native'] else 'emulated'}); this run's precision: "
+                  f"{lim['rate_gflops']:.0f} GFLOP/s\n")
+            print("| part | GFLOP | GEMM-limited time (s) | ours / limit | theirs / limit |\n|---|---:|---:|---:|---:|")
+            for part in timed:
+                p = lim[part]
+                print(f"| {part} | {p['gflop']:.0f} | {p['limit_s']:.2f} | {p['ours_distance']:.2f}x "
+                      f"| {p['theirs_distance']:.2f}x |")
         if "infer" in results:
             diff = results["infer"]["logits_rel_diff"]
             print(f"\ninference logits, ours vs theirs: max relative difference {diff:.1e}")

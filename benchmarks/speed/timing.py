@@ -36,6 +36,32 @@ def time_part(part: str, models: dict[str, torch.nn.Module], shape: tuple[int, .
     return {**summarize(interleave(steps, args.repeats, args.warmup)), "logits_rel_diff": diff.item()}
 
 
+def gemm_limit(models: dict[str, torch.nn.Module], results: dict, args: argparse.Namespace) -> dict:
+    """This machine's GEMM rates, measured now, and how far each timed part is from them.
+
+    The limit of a part is its FLOPs at the GEMM rate of its precision (float32, or bf16
+    under ``--autocast bf16``): 2 FLOPs per multiply-add of fvcore's forward count, and 3
+    forward passes' worth for a training step (forward, and backward's two products per
+    layer), recomputation not counted. A distance of 1.5x means 1.5x the GEMM-limited time.
+    """
+    from video_swin.models.flops import count_flops  # noqa: PLC0415
+    from video_swin.models.kernels.machine import measure  # noqa: PLC0415
+
+    profile = measure()
+    rate = profile.bf16_gflops if args.autocast_dtype is not None else profile.fp32_gflops
+    out = {"profile": profile.__dict__, "rate_gflops": rate}
+    for part in ("train", "infer"):
+        if part not in results:
+            continue
+        shape = args.train_shape if part == "train" else args.infer_shape
+        macs = count_flops(models["ours"].eval(), torch.randn(shape))
+        flops = 2 * macs * (3 if part == "train" else 1)
+        limit_s = flops / (rate * 1e9)
+        out[part] = {"gflop": flops / 1e9, "limit_s": limit_s,
+                     **{f"{name}_distance": results[part][f"{name}_wall"] / limit_s for name in ("ours", "theirs")}}
+    return out
+
+
 def scaling_part(model: torch.nn.Module, base: tuple[int, ...], args: argparse.Namespace) -> list[dict]:
     """Our inference time as the clip grows, one size after the other, each a median of the repeats."""
     b, c, t, h, w = base

@@ -34,7 +34,6 @@ from __future__ import annotations
 import abc
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 import torch.utils.dlpack
 
+from ..errors import first_line
 from .decoder_base import DecodeError, Decoder, IndexSelector
 from .frame_index import FrameIndex, get_frame_index
 from .isolated import isolate
@@ -204,7 +204,7 @@ class PyAVDecoder(Backend):
         try:
             container = av.open(str(path), metadata_errors="ignore")
         except Exception as exc:
-            raise DecodeError(path, f"PyAV cannot open it: {_first_line(exc)}") from exc
+            raise DecodeError(path, f"PyAV cannot open it: {first_line(exc)}") from exc
         with container:
             stream = container.streams.video[0]
             stream.thread_type = self.thread_type
@@ -217,7 +217,7 @@ class PyAVDecoder(Backend):
             except DecodeError:
                 raise
             except Exception as exc:
-                raise DecodeError(path, f"PyAV failed to decode: {_first_line(exc)}") from exc
+                raise DecodeError(path, f"PyAV failed to decode: {first_line(exc)}") from exc
         missing = [i for i in wanted if i not in out]
         if missing:
             raise DecodeError(
@@ -338,14 +338,14 @@ class DecordDecoder(Backend):
         try:
             return _DecordReader(decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=self.num_threads))
         except Exception as exc:
-            raise DecodeError(path, f"decord cannot open it: {_first_line(exc)}") from exc
+            raise DecodeError(path, f"decord cannot open it: {first_line(exc)}") from exc
 
     @staticmethod
     def _batch(path: str | Path, reader, positions: np.ndarray) -> torch.Tensor:
         try:
             batch = reader.get_batch(positions.tolist())
         except Exception as exc:
-            raise DecodeError(path, f"decord failed to decode: {_first_line(exc)}") from exc
+            raise DecodeError(path, f"decord failed to decode: {first_line(exc)}") from exc
         frames = torch.utils.dlpack.from_dlpack(batch.to_dlpack())  # (U, H, W, 3), no copy
         if frames.ndim != 4 or frames.shape[0] != positions.size or frames.shape[-1] != 3:
             raise DecodeError(path, f"decord returned frames of shape {tuple(frames.shape)} for {positions.size}")
@@ -400,7 +400,7 @@ class TorchCodecDecoder(Backend):
         except DecodeError:
             raise
         except Exception as exc:
-            raise DecodeError(path, f"TorchCodec failed: {_first_line(exc)}") from exc
+            raise DecodeError(path, f"TorchCodec failed: {first_line(exc)}") from exc
         return frames.contiguous()
 
 
@@ -450,8 +450,3 @@ def get_decoder(name: str = "decord", *, num_threads: int = 1, timeout: float | 
         return ExactDecoder([pyav])
     return ExactDecoder([DecordDecoder(num_threads), pyav])
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    # decord's messages start with its log prefix, "[12:34:56] /src/file.cc:171: ": drop it
-    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", text[0])[:200] if text else type(exc).__name__

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DecodeError
+from ..errors import DecodeError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def build_frame_index(path: str | Path) -> FrameIndex:
     try:
         container = av.open(path, metadata_errors="ignore")
     except Exception as exc:
-        raise DecodeError(path, f"cannot open it as a video ({_first_line(exc)})") from exc
+        raise DecodeError(path, f"cannot open it as a video ({first_line(exc)})") from exc
     with container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["no streams"]
@@ -154,7 +154,7 @@ def build_frame_index(path: str | Path) -> FrameIndex:
         try:
             first = next(iter(container.decode(stream)), None)
         except Exception as exc:
-            raise DecodeError(path, f"cannot decode its {codec} video ({_first_line(exc)})") from exc
+            raise DecodeError(path, f"cannot decode its {codec} video ({first_line(exc)})") from exc
         if first is None:
             raise DecodeError(path, "no video frames")
         rotation = int(round(first.rotation or 0)) % 360
@@ -162,7 +162,7 @@ def build_frame_index(path: str | Path) -> FrameIndex:
         try:
             packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size > 0]
         except Exception as exc:
-            raise DecodeError(path, f"the container is damaged ({_first_line(exc)})") from exc
+            raise DecodeError(path, f"the container is damaged ({first_line(exc)})") from exc
         declared = stream.frames or 0  # the container's own count, where it keeps one
         if declared and len(packets) < declared:
             raise DecodeError(path, f"truncated: the container lists {declared} frames, only {len(packets)} are present")
@@ -176,7 +176,7 @@ def build_frame_index(path: str | Path) -> FrameIndex:
             try:
                 frames = [(f.pts, f.key_frame) for f in container.decode(stream)]
             except Exception as exc:
-                raise DecodeError(path, f"cannot decode its {codec} video ({_first_line(exc)})") from exc
+                raise DecodeError(path, f"cannot decode its {codec} video ({first_line(exc)})") from exc
             frame_pts = [p for p, _ in frames]
             usable = bool(frames) and None not in frame_pts and len(set(frame_pts)) == len(frame_pts)
             decode_pts = np.asarray(frame_pts if usable else range(len(frames)), dtype=np.int64)
@@ -294,9 +294,3 @@ def get_frame_index(path: str | Path) -> FrameIndex:
         cache = _CACHES[folder] = FrameIndexCache(folder)
     return cache.get(path)
 
-
-def _first_line(exc: BaseException) -> str:
-    if isinstance(getattr(exc, "strerror", None), str):  # FFmpeg's errors: the message without errno and path
-        return exc.strerror
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -101,9 +101,9 @@ def plan_jobs(src: Path, out: Path, splits: dict[str, tuple[Path, Path]]) -> tup
     """The jobs for every split, and (name, reason) of listed videos that are not there."""
     jobs: list[Job] = []
     missing: list[tuple[str, str]] = []
-    for split, (annotations, root) in splits.items():
-        parsed = read_annotations(annotations, root)
-        missing += [(name, f"listed in {annotations} but not found under {root}") for name in parsed.missing]
+    for split, (listing, root) in splits.items():
+        parsed = read_annotations(listing, root)
+        missing += [(name, f"listed in {listing} but not found under {root}") for name in parsed.missing]
         taken: set[str] = set()
         for record in parsed.records:
             label = parsed.classes[record.label] if isinstance(record.label, int) else str(record.label)
@@ -259,7 +259,7 @@ class _Pool:
                     yield {**asdict(job), "broken": reason}
 
     def close(self) -> None:
-        for process, conn, *_ in self.workers:
+        for _, conn, *_ in self.workers:
             try:
                 conn.send(None)
             except OSError:

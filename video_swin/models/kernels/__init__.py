@@ -11,7 +11,8 @@ these paths where they apply and the reference computation elsewhere:
 * :mod:`.attention`: window attention through PyTorch's fused CPU flash
   kernel, with a chunked backward that also gives the bias its gradient;
   optionally recomputing the qkv projection in backward.
-* :mod:`.linear`: linear layers through oneDNN (float32 CPU).
+* :mod:`.linear`: linear layers through oneDNN (float32 CPU), where
+  :mod:`.machine` measured it faster than ATen on this machine.
 * :mod:`.mlp`: the MLP branch keeping only its input for backward, in row chunks.
 * :mod:`.partition`: cyclic shift + window partition as one gather.
 * :mod:`.inference`: inference a few windows at a time.
@@ -28,23 +29,28 @@ from .attention import FastWindowAttention, window_attention
 from .block import FastSwinBlock
 from .inference import use_inference_chunks, windowed_residual
 from .linear import FastLinear, linear
+from .machine import CpuProfile, cpu_profile
 from .mlp import recomputed_mlp
 from .partition import reorder_tokens, window_order
 from .seam import accelerate_cpu, is_accelerated, reference
-from .switches import fast_paths, set_fast_paths
+from .switches import fast_paths, linear_backend, set_fast_paths, set_linear_backend
 
 __all__ = [
+    "CpuProfile",
     "FastLinear",
     "FastSwinBlock",
     "FastWindowAttention",
     "accelerate_cpu",
+    "cpu_profile",
     "fast_paths",
     "is_accelerated",
     "linear",
+    "linear_backend",
     "recomputed_mlp",
     "reference",
     "reorder_tokens",
     "set_fast_paths",
+    "set_linear_backend",
     "use_inference_chunks",
     "window_attention",
     "window_order",

@@ -2,8 +2,9 @@
 
 MKL's sgemm, which ``torch.mm`` calls, takes a slower code path on non-Intel
 CPUs; oneDNN's matmul (``mkldnn._linear_pointwise``, the kernel
-``torch.compile`` uses for linear layers on CPU) does not. Figures:
-docs/BENCHMARKS.md.
+``torch.compile`` uses for linear layers on CPU) does not. Which of the two
+is faster is measured on each machine (:mod:`.machine`); the oneDNN path is
+taken only where it won. Figures: docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .switches import ONEDNN_LINEAR, enabled, plain_cpu
+from .switches import enabled, linear_backend, plain_cpu
 
 
 def use_onednn(*tensors: Tensor | None) -> bool:
-    """Whether products of these tensors go through oneDNN: switch on, float32 CPU tensors, eager mode."""
-    return enabled("linear") and ONEDNN_LINEAR and plain_cpu(*tensors)
+    """Whether products of these tensors go through oneDNN: switch on, chosen for this machine
+    (:mod:`.machine`), float32 CPU tensors, eager mode."""
+    return enabled("linear") and linear_backend() == "onednn" and plain_cpu(*tensors)
 
 
 def mm(x: Tensor, w: Tensor, bias: Tensor | None = None, onednn: bool = True) -> Tensor:

@@ -20,6 +20,23 @@ ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldn
 FLASH_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 
 
+# float32 linears through oneDNN or ATen: chosen per machine by measurement when a model is
+# accelerated (machine.py, accelerate_cpu), not assumed from the CPU's vendor.
+_LINEAR_BACKEND = {"name": "onednn"}
+
+
+def set_linear_backend(name: str) -> None:
+    """"onednn" or "aten" for the float32 linear layers of accelerated models (all of this process)."""
+    if name not in ("onednn", "aten"):
+        raise ValueError(f"linear backend must be 'onednn' or 'aten', got {name!r}")
+    _LINEAR_BACKEND["name"] = name
+
+
+def linear_backend() -> str:
+    """The float32 linear backend in use: "onednn" or "aten"."""
+    return _LINEAR_BACKEND["name"] if ONEDNN_LINEAR else "aten"
+
+
 def set_fast_paths(**enabled: bool) -> dict[str, bool]:
     """Turns CPU fast paths on or off (``attention=``, ``linear=``, ``inference_chunks=``); returns the old settings."""
     unknown = set(enabled) - set(_ENABLED)

@@ -1,0 +1,67 @@
+"""The CPU profile: measured choices, cached per machine, applied by accelerate_cpu."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import video_swin
+from video_swin.models.kernels import accelerate_cpu, linear_backend, reference, set_linear_backend
+from video_swin.models.kernels import machine
+from video_swin.models.kernels.linear import use_onednn
+from video_swin.models.kernels.switches import ONEDNN_LINEAR
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    monkeypatch.setenv("VIDEO_SWIN_CACHE", str(tmp_path))
+    monkeypatch.setattr(machine, "_PROFILE", None)
+    yield
+    set_linear_backend("onednn")
+
+
+def test_measured_profile_is_cached_on_disk(fresh, monkeypatch):
+    first = machine.cpu_profile()
+    assert first.fp32_gflops > 0 and first.bf16_gflops > 0 and first.cpu and first.linear in ("onednn", "aten")
+    assert list((machine._cache_file().parent).glob("*.json"))
+    monkeypatch.setattr(machine, "_PROFILE", None)
+    monkeypatch.setattr(machine, "measure", lambda: pytest.fail("should come from the disk cache"))
+    assert machine.cpu_profile() == first
+
+
+@pytest.mark.skipif(not ONEDNN_LINEAR, reason="needs oneDNN")
+def test_choice_follows_the_measurement():
+    assert machine.choose_linear(aten_s=1.0, onednn_s=0.8) == "onednn"
+    assert machine.choose_linear(aten_s=0.8, onednn_s=1.0) == "aten"
+    assert machine.choose_linear(aten_s=0.97, onednn_s=1.0) == "onednn"  # within 5%: keep oneDNN
+    assert machine.choose_linear(aten_s=2.0, onednn_s=1.0, forced="aten") == "aten"
+
+
+def test_accelerate_cpu_applies_the_machine_choice_and_outputs_stay_equal(fresh, monkeypatch):
+    torch.manual_seed(0)
+    model = video_swin.create_model("swin3d_t", num_classes=5, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+                                    window_size=(2, 4, 4)).eval()  # fmt: skip
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    outputs = {}
+    for choice in ("aten", "onednn"):
+        profile = dataclasses.replace(machine.measure(reps=1), linear=choice)
+        monkeypatch.setattr(machine, "_PROFILE", profile)
+        accelerate_cpu(model)
+        assert linear_backend() == (choice if ONEDNN_LINEAR else "aten")
+        assert use_onednn(x) == (choice == "onednn" and ONEDNN_LINEAR)
+        with torch.no_grad():
+            outputs[choice] = model(x)
+        reference(model)
+    for out in outputs.values():
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_warning_only_without_bf16_hardware():
+    base = machine.CpuProfile(cpu="X", capability="AVX2", bf16_native=False, threads=2, fp32_gflops=100.0,
+                              bf16_gflops=10.0, onednn_speedup=1.2, linear="onednn")  # fmt: skip
+    assert "10.0x slower" in machine.bf16_warning(base) and "mixed_precision=no" in machine.bf16_warning(base)
+    assert machine.bf16_warning(dataclasses.replace(base, bf16_native=True, bf16_gflops=400.0)) is None

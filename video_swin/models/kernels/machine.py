@@ -1,0 +1,179 @@
+"""What this CPU is good at, measured once per machine: the choices the fast paths make from it.
+
+A speed-up measured on one CPU need not hold on another: oneDNN's matmul beats
+MKL's sgemm by 1.3x-1.8x on AMD EPYC (where MKL takes a generic path), and
+bf16 autocast doubles GEMM speed on CPUs with AVX512-BF16 or AMX but is several
+times *slower* than float32 on CPUs without them (it is emulated). So the
+choices are not assumed from the vendor; :func:`cpu_profile` times them:
+
+* float32 linear layers: oneDNN (``mkldnn._linear_pointwise``) or ATen
+  (``F.linear``, MKL/OpenBLAS), interleaved, on a Swin-sized GEMM; oneDNN is
+  kept unless ATen is at least 5% faster;
+* the machine's float32 and bf16 GEMM rates (GFLOP/s), which the benchmarks
+  report as the limit and the trainer uses to warn about bf16 without bf16
+  hardware.
+
+The result is cached in memory and in ``$VIDEO_SWIN_CACHE/cpu-profile/``
+(keyed by CPU model, instruction flags, torch version and thread count), so
+the ~0.5 s of timing happens once per machine. ``VIDEO_SWIN_CPU_LINEAR=onednn``
+or ``=aten`` forces the linear choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .switches import ONEDNN_LINEAR
+
+logger = logging.getLogger(__name__)
+
+PROFILE_VERSION = 1
+_PROFILE: CpuProfile | None = None
+# Shapes of a Swin-T stage-3 MLP (tokens, in, out), small enough to time in about half a second.
+_FP32_SHAPE = (1568, 384, 1536)
+_BF16_SHAPE = (784, 384, 384)  # smaller: emulated bf16 runs at a few GFLOP/s
+
+
+@dataclass(frozen=True)
+class CpuProfile:
+    """Measured properties of this CPU (see the module's docstring)."""
+
+    cpu: str
+    capability: str  # torch's dispatch level, e.g. "AVX2", "AVX512"
+    bf16_native: bool  # AVX512-BF16 or AMX-BF16 instructions present
+    threads: int
+    fp32_gflops: float  # the faster of the two linear paths
+    bf16_gflops: float
+    onednn_speedup: float  # time(ATen) / time(oneDNN) for the float32 GEMM; > 1: oneDNN faster
+    linear: str  # "onednn" or "aten": what FastLinear uses for float32
+
+    def describe(self) -> str:
+        bf16 = "native" if self.bf16_native else "emulated (no AVX512-BF16/AMX)"
+        return (f"{self.cpu} ({self.capability}, {self.threads} threads): float32 GEMM {self.fp32_gflops:.0f} "
+                f"GFLOP/s, bf16 GEMM {self.bf16_gflops:.0f} GFLOP/s ({bf16}); oneDNN {self.onednn_speedup:.2f}x "
+                f"ATen for float32 linears -> {self.linear}")  # fmt: skip
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what the platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(reps: int = 5) -> CpuProfile:
+    """Times the choices now (about half a second); see :func:`cpu_profile` for the cached result."""
+    m, k, n = _FP32_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(s, generator=gen) for s in ((m, k), (n, k), (n,)))
+    aten = lambda: F.linear(x, w, b)  # noqa: E731
+    onednn = (lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")) if ONEDNN_LINEAR else aten  # noqa: E731
+    aten(), onednn()  # warm up (oneDNN primitive creation, page faults)
+    t_aten, t_onednn = [], []
+    for _ in range(reps):  # interleaved, so that a busy neighbour slows both alike
+        t_aten.append(_median_time(aten, 1))
+        t_onednn.append(_median_time(onednn, 1))
+    a, o = statistics.median(t_aten), statistics.median(t_onednn)
+    flops = 2 * m * k * n
+    mb, kb, nb = _BF16_SHAPE
+    xb, wb = torch.randn(mb, kb).bfloat16(), torch.randn(nb, kb).bfloat16()
+    bf16 = lambda: F.linear(xb, wb)  # noqa: E731
+    bf16()
+    t_bf16 = _median_time(bf16, 3)
+    choice = choose_linear(a, o, os.environ.get("VIDEO_SWIN_CPU_LINEAR", ""))
+    flags = _flags()
+    return CpuProfile(
+        cpu=cpu_model(), capability=str(torch.backends.cpu.get_cpu_capability()),
+        bf16_native=bool(flags & {"avx512_bf16", "amx_bf16"}), threads=torch.get_num_threads(),
+        fp32_gflops=round(flops / min(a, o) / 1e9, 1), bf16_gflops=round(2 * mb * kb * nb / t_bf16 / 1e9, 1),
+        onednn_speedup=round(a / o, 3), linear=choice,
+    )  # fmt: skip
+
+
+def choose_linear(aten_s: float, onednn_s: float, forced: str = "") -> str:
+    """"onednn" unless ATen took at least 5% less time (or ``forced`` names one); "aten" without oneDNN."""
+    forced = forced.strip().lower()
+    if not ONEDNN_LINEAR:
+        return "aten"
+    if forced in ("onednn", "aten"):
+        return forced
+    return "onednn" if aten_s >= 0.95 * onednn_s else "aten"
+
+
+def _cache_file() -> Path:
+    key = "\0".join([cpu_model(), " ".join(sorted(_flags())), torch.__version__, str(torch.get_num_threads()),
+                     str(PROFILE_VERSION), os.environ.get("VIDEO_SWIN_CPU_LINEAR", "")])  # fmt: skip
+    root = Path(os.environ.get("VIDEO_SWIN_CACHE") or "~/.cache/video-swin").expanduser()
+    return root / "cpu-profile" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def cpu_profile(refresh: bool = False) -> CpuProfile:
+    """This machine's :class:`CpuProfile`: from memory, from the disk cache, or measured now."""
+    global _PROFILE
+    if _PROFILE is not None and not refresh and _PROFILE.threads == torch.get_num_threads():
+        return _PROFILE
+    path = _cache_file()
+    profile = None
+    if not refresh and path.exists():
+        try:
+            profile = CpuProfile(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            profile = None  # damaged or from another version: measure again
+    if profile is None:
+        profile = measure()
+        logger.info("CPU profile measured: %s", profile.describe())
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(asdict(profile), indent=1))
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only home costs half a second per process, nothing else
+            logger.debug("cannot store the CPU profile in %s: %s", path, exc)
+    _PROFILE = profile
+    return profile
+
+
+def bf16_warning(profile: CpuProfile) -> str | None:
+    """A warning when bf16 autocast would be slower than float32 on this CPU; None otherwise."""
+    if profile.bf16_native or profile.bf16_gflops >= profile.fp32_gflops:
+        return None
+    return (f"bf16 autocast on this CPU ({profile.cpu}, no AVX512-BF16/AMX) runs its GEMMs at "
+            f"{profile.bf16_gflops:.0f} GFLOP/s against {profile.fp32_gflops:.0f} in float32 "
+            f"({profile.fp32_gflops / max(profile.bf16_gflops, 1e-9):.1f}x slower); "
+            "train.mixed_precision=no is faster here")  # fmt: skip
