@@ -1,7 +1,7 @@
 """video-swin: Video Swin Transformer for action recognition.
 
-``create_model`` and ``list_models`` are resolved on first use, so that
-importing the package (``video-swin --help``, config checks) does not import
+``create_model``, ``list_models``, ``list_pretrained`` and ``from_pretrained`` are resolved on
+first use, so that importing the package (``video-swin --help``, config checks) does not import
 torch.
 """
 
@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "__version__"]
+__all__ = ["__version__", "create_model", "from_pretrained", "list_models", "list_pretrained"]
 
 if TYPE_CHECKING:
+    from .hub import from_pretrained
     from .models import create_model, list_models
+    from .pretrained import list_pretrained
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +23,12 @@ def __getattr__(name: str) -> Any:
         from . import models
 
         return getattr(models, name)
+    if name == "list_pretrained":
+        from .pretrained import list_pretrained
+
+        return list_pretrained
+    if name == "from_pretrained":
+        from .hub import from_pretrained
+
+        return from_pretrained
     raise AttributeError(f"module 'video_swin' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The ``video-swin`` command: train, evaluate, predict, inflate, make-demo-data.
+"""The ``video-swin`` command: train, evaluate, predict, inflate, plan, export, export-hub, make-demo-data.
 
 Each subcommand parses its options, loads the config and makes one library
 call; :func:`main` maps the library's exceptions to exit codes in one place:
@@ -44,14 +44,19 @@ examples:
 """
 
 PREDICT_EPILOG = """\
-Videos go through the evaluation's test-time pipeline (evenly spaced clips,
-crops along the long side) with the settings of the training run saved beside
-the checkpoint; --config is only needed for weights without them (official
-files). Exit code 1 if any file could not be read, 2 for a usage mistake.
+--weights is a registry name (video_swin.list_pretrained(), e.g. swin3d_t.k400:
+downloaded once, evaluated with the publisher's clips and crops, Kinetics class
+names) or a file; a file's test-time settings are those of the training run
+saved beside it, or --config for weights without them (official files).
+Folders are searched for videos recursively. Videos are decoded by --workers
+processes ahead of the model and scored --batch-size at a time. A file that
+cannot be read is reported on its own line and the others go on; the exit code
+is then 1 (2 for a usage mistake).
 
 examples:
-  video-swin predict --checkpoint runs/demo/model.safetensors data/demo/val/*/*.mp4
-  video-swin predict --checkpoint k400.pth --config k400_swin_t.yaml --classes k400_classes.txt \\
+  video-swin predict --weights swin3d_t.k400 clips/ --out predictions.csv
+  video-swin predict --weights runs/demo/model.safetensors data/demo/val --views 1x1 --features feats/
+  video-swin predict --weights k400.pth --config k400_swin_t.yaml --classes k400_classes.txt \\
       --views 4x3 --top-k 3 --json clip.mp4
 """
 
@@ -68,6 +73,21 @@ example:
       --out swin3d_t_inflated.safetensors
 """
 
+
+PLAN_DESCRIPTION = """\
+Memory per GPU of training a model with AdamW: parameters, gradients, optimizer
+states and activations, for DDP (a full replica per GPU) and FSDP (parameters,
+gradients and states sharded over the GPUs, one Swin block per unit), with and
+without activation checkpointing, and whether each fits.
+
+Activations are traced: the model runs one forward and backward on fake tensors
+(shapes only, no memory, a few seconds for the largest presets), with attention
+as a GPU's fused kernel computes it. Nothing is downloaded, no GPU is needed.
+
+examples:
+  video-swin plan --model swinv2_3d_g --clip 32x224x224 --gpus 8 --gpu-memory 80
+  video-swin plan --model swin3d_b --clip 32x224x224 --gpus 1 --gpu-memory 24 --batch 2 --precision fp32
+"""
 
 class _CommandListFormatter(argparse.HelpFormatter):
     """Keeps each subcommand and its help on one line.
@@ -122,33 +142,66 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    key, weights = ("--weights", args.weights) if args.weights else ("--checkpoint", args.checkpoint)
     views = parse_views(args.views, key="--views") if args.views else None
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k: must be >= 1, got {args.top_k}")
-    for key, path in (("--checkpoint", args.checkpoint), ("--classes", args.classes)):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{key}: file not found: {path}")
-    cfg = load_config(args.config) if args.config else None
-    from .engine import format_predictions, load_predictor, predict_videos
+    for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers: must be >= 0, got {args.workers}")
+    from .pretrained import is_pretrained_name
 
-    model, cfg, classes = load_predictor(args.checkpoint, cfg=cfg, classes=args.classes)
+    if not Path(weights).is_file() and not is_pretrained_name(weights):
+        raise ConfigError(f"{key}: file not found and not a registry name: {weights} (see video_swin.list_pretrained())")
+    if args.classes is not None and not Path(args.classes).is_file():
+        raise ConfigError(f"--classes: file not found: {args.classes}")
+    cfg = load_config(args.config) if args.config else None
+    from .engine.predict import (
+        find_videos,
+        format_prediction,
+        iter_predictions,
+        load_predictor,
+    )
+    from .engine.predict_output import FeatureWriter, PredictionTable
+
+    videos = find_videos(args.videos)
+    table = PredictionTable(args.out, args.top_k) if args.out else None  # a wrong suffix fails before loading
+    model, cfg, classes = load_predictor(weights, cfg=cfg, classes=args.classes)
+    if classes is None:
+        logging.getLogger(__name__).warning("%s carries no class names; showing class indices (--classes names them)",
+                                            weights)
     views = views or cfg.eval.parsed_views
+    features = FeatureWriter(args.features, videos) if args.features else None
     dataset_log = logging.getLogger("video_swin.data.dataset")
     level = dataset_log.level
     dataset_log.setLevel(logging.ERROR)  # failures are reported per file below
+    entries, failed = [], 0
     try:
-        results = predict_videos(model, cfg, classes, args.videos, views=views, top_k=args.top_k)
+        for r in iter_predictions(model, cfg, classes, videos, views=views, top_k=args.top_k,
+                                  batch_size=args.batch_size, workers=args.workers, features=features is not None,
+                                  progress=len(videos) > 1):
+            if r.error is not None:
+                failed += 1
+                print(f"error: {r.path}: {r.error}", file=sys.stderr)
+            for writer in (table, features):
+                if writer is not None:
+                    writer.write(r)
+            if args.json:
+                entries.append(r.to_dict())
+            elif not args.out:
+                print(format_prediction(r), flush=True)
     finally:
         dataset_log.setLevel(level)  # main() may be called in-process (tests)
-    for r in results:
-        if r.error is not None:
-            print(f"error: {r.path}: {r.error}", file=sys.stderr)
+        for writer in (table, features):
+            if writer is not None:
+                writer.close()
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "views": str(views),
-                          "videos": [r.to_dict() for r in results]}, indent=2))
-    else:
-        print(format_predictions(results))
-    return 1 if any(r.error is not None for r in results) else 0
+        print(json.dumps({"weights": str(weights), "views": str(views), "videos": entries}, indent=2))
+    done = [f"{len(videos) - failed} of {len(videos)} videos scored"]
+    done += [f"wrote {path}" for path in (args.out, args.features) if path]
+    if args.out or args.features:
+        print("; ".join(done), file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_inflate(args: argparse.Namespace) -> int:
@@ -166,11 +219,122 @@ def cmd_inflate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        clip = tuple(int(s) for s in args.clip.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--clip: expected sizes joined by x, e.g. 32x224x224 (or 224x224), got {args.clip!r}") from None
+    from .engine.plan import format_plan, plan_memory
+
+    plan = plan_memory(args.model, clip, gpus=args.gpus, gpu_memory=args.gpu_memory, batch=args.batch,
+                       precision=args.precision, num_classes=args.num_classes)
+    print(format_plan(plan))
+    return 0
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare
+
+    lists = {}
+    for item in args.annotations:
+        split, sep, file = item.partition("=")
+        if not sep or not split or not file:
+            raise ConfigError(f"--annotations: expected SPLIT=FILE, e.g. train=lists/train.txt, got {item!r}")
+        lists[split] = file
+    counts = prepare(args.src, args.out, short_side=args.short_side, keyframe_interval=args.keyframe_interval,
+                     jobs=args.jobs, reencode=not args.no_reencode, annotations=lists, timeout=args.timeout)
+    out = args.out if not args.no_reencode else args.src
+    print(f"{counts['prepared']} videos ready, {counts['broken']} broken (listed in {args.out}/broken.csv); "
+          f"train with data.root={out} data.train_annotations={args.out}/train.csv "
+          f"data.val_annotations={args.out}/val.csv")
+    return 0
+
+
+EXPORT_DESCRIPTION = f"""\
+Export a model and its weights for deployment: a torch.export program (.pt2; run it with
+torch.export.load(PATH).module()(x)) or an ONNX file (opset 18; onnxruntime runs it). The batch
+size stays dynamic unless --batch fixes it; the clip size is fixed at --clip, since the windows,
+padding and masks depend on it. The exported graph is the plain-PyTorch reference model in eval
+mode. ONNX needs: pip install 'video-swin[export]'.
+
+--weights is a registry name (video_swin.list_pretrained(), downloaded once), one of our weight
+files (.safetensors with its .json sidecar), or another weight file (official Video Swin,
+torchvision, timm) with --model naming its preset.
+
+examples:
+  {PROG} export --weights swin3d_t.k400 --format onnx --check
+  {PROG} export --weights runs/demo/model.safetensors --format pt2 --clip 16x112x112 --out demo.pt2
+  {PROG} export --weights swin_tiny_patch244_window877_kinetics400_1k.pth --model swin3d_t --format onnx
+"""
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    size = None
+    if args.clip is not None:
+        try:
+            size = tuple(int(s) for s in args.clip.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--clip: expected sizes joined by x, e.g. 32x224x224 (or 224x224), got {args.clip!r}") from None
+    if args.batch == "dynamic":
+        batch, dynamic = 1, True
+    elif args.batch.isdigit() and int(args.batch) >= 1:
+        batch, dynamic = int(args.batch), False
+    else:
+        raise ConfigError(f"--batch: expected 'dynamic' or a batch size >= 1, got {args.batch!r}")
+    from .export import check_export, default_input_size, export_model, load_for_export
+    from .pretrained import is_pretrained_name
+
+    model, known = load_for_export(args.weights, args.model, args.num_classes)
+    size = size or known or default_input_size(model)
+    if len(size) != model.ndim or min(size) < 1:
+        sizes = "TxHxW" if model.ndim == 3 else "HxW"
+        raise ConfigError(f"--clip: {model.config['name']} takes {sizes} (sizes >= 1), got {args.clip!r}")
+    shape = (batch, model.in_chans, *size)
+    stem = args.weights if is_pretrained_name(args.weights) and not Path(args.weights).exists() else Path(args.weights).stem
+    out = Path(args.out or f"{stem}.{args.format}")
+    try:
+        export_model(model, args.format, shape, dynamic_batch=dynamic, path=out)
+        print(f"wrote {out} (input {'B' if dynamic else batch}x{'x'.join(map(str, shape[1:]))})")
+        diff = check_export(model, out, shape, batch_sizes=(1, 3) if dynamic else (batch,)) if args.check else None
+    except ImportError as e:  # onnx, onnxscript or onnxruntime missing
+        raise ConfigError(f"{e} (pip install 'video-swin[export]')") from None
+    if diff is not None:
+        if diff > 1e-3:
+            print(f"error: {out} differs from the PyTorch model by {diff:.1e} (relative)", file=sys.stderr)
+            return 1
+        print(f"checked: outputs equal the PyTorch model's within {diff:.1e} (relative)")
+    return 0
+
+
+def cmd_export_hub(args: argparse.Namespace) -> int:
+    from .hub import export_run
+
+    out = export_run(args.run_dir, args.out_dir)
+    print(f"wrote {out} (config.json, model.safetensors, README.md); load it with "
+          f"video_swin.from_pretrained({str(out)!r}), upload it with huggingface-cli upload REPO_ID {out}")
+    return 0
+
+
 def cmd_make_demo_data(args: argparse.Namespace) -> int:
     from .data import make_demo_data
 
     make_demo_data(args.out, args.seed, args.train_per_class, args.val_per_class, args.workers)
     return 0
+
+
+PREPARE_DESCRIPTION = f"""\
+Check, re-encode and index every video of a dataset once, before training: H.264 with the
+short side resized (--short-side) and a keyframe every --keyframe-interval frames, rotation
+applied, the frame index stored beside each video (<video>.index.npz). Writes OUT/{{split}}.csv
+(official Kinetics columns) and OUT/broken.csv (path, reason). A video that crashes or hangs
+the decoder is listed as broken; an interrupted run continues where it stopped.
+
+SRC layouts: annotations/{{train,val,test}}.csv with the videos in SRC/{{train,val,test}}/ (the
+common Kinetics download scripts), {{train,val,test}}/<class>/ folders, or --annotations.
+
+examples:
+  {PROG} prepare k400 k400_320 --jobs 16
+  {PROG} prepare ucf101 ucf101_prep --annotations train=lists/train.txt val=lists/val.txt
+"""
 
 
 # -- the parser ----------------------------------------------------------------------------------
@@ -228,12 +392,27 @@ def build_parser() -> ArgumentParser:
     predict = command("predict", cmd_predict, "top-k classes of video files", value_errors=True,
                       epilog=PREDICT_EPILOG, formatter_class=raw,
                       description="Top-k classes with probabilities for each video, averaged over CLIPSxCROPS views.")
-    predict.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
-    predict.add_argument("--checkpoint", required=True, help="trained weights (.safetensors with its .json sidecar)")
-    predict.add_argument("--views", help="CLIPSxCROPS, e.g. 4x3 or 1x1 (default: eval.views of the config)")
+    predict.add_argument("videos", nargs="+", metavar="PATH", help="video files, folders (searched recursively) "
+                         "or glob patterns")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", metavar="NAME_OR_FILE",
+                        help="a registry name (e.g. swin3d_t.k400) or a weight file (.safetensors with its "
+                             ".json sidecar, or an official .pth with --config)")
+    source.add_argument("--checkpoint", metavar="FILE", help="the same as --weights (older name)")
+    predict.add_argument("--views", help="CLIPSxCROPS, e.g. 4x3 or 1x1 (default: the weights' evaluation setting)")
     predict.add_argument("--top-k", type=int, default=5, help="classes listed per video (default: 5)")
-    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    predict.add_argument("--classes", help="class names, one per line (default: those saved with the checkpoint)")
+    predict.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    predict.add_argument("--out", metavar="FILE",
+                         help="write the predictions to FILE instead of printing them: .csv (path, error, "
+                              "class_i, probability_i) or .jsonl (one object per video)")
+    predict.add_argument("--features", metavar="DIR",
+                         help="save each video's pooled features (averaged over views): DIR/<video>.npy, "
+                              "or one file if DIR ends in .safetensors (keys: the video paths)")
+    predict.add_argument("--batch-size", type=int, default=None,
+                         help="videos per forward (default: eval.batch_size of the config)")
+    predict.add_argument("--workers", type=int, default=None,
+                         help="processes decoding videos ahead of the model (default: min(4, CPUs); 0: none)")
+    predict.add_argument("--classes", help="class names, one per line (default: those the weights carry)")
     predict.add_argument("--config", help="config for weights saved without one (a path or a shipped recipe)")
 
     inflate = command("inflate", cmd_inflate, "inflate 2D Swin weights into a video model",
@@ -250,6 +429,62 @@ def build_parser() -> ArgumentParser:
     inflate.add_argument("--allow-missing", action="store_true",
                          help="write the file even if the image weights leave some of the model's weights missing "
                               "(e.g. Swin-T weights into swin3d_s); by default that is an error")
+
+    plan = command("plan", cmd_plan, "memory per GPU of training a model: DDP and FSDP", value_errors=True,
+                   description=PLAN_DESCRIPTION, formatter_class=raw)
+    plan.add_argument("--model", required=True, help="a preset, e.g. swinv2_3d_g, swin3d_b or swinv2_g")
+    plan.add_argument("--clip", required=True, metavar="TxHxW",
+                      help="input size per sample: TxHxW for video presets (e.g. 32x224x224), HxW for image ones")
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs of the run: DDP replicas or FSDP shards (default: 1)")
+    plan.add_argument("--gpu-memory", type=float, default=80.0, metavar="GIB",
+                      help="memory of one GPU in GiB (default: 80)")
+    plan.add_argument("--batch", type=int, default=1, help="clips per GPU and step, as train.batch_size (default: 1)")
+    plan.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                      help="bf16: autocast with fp32 weights, gradients and AdamW states, FSDP gathering bf16 "
+                           "(train.mixed_precision=bf16); fp32: everything in fp32 (default: bf16)")
+    plan.add_argument("--num-classes", type=int, default=400, help="classes of the head (default: 400)")
+
+    prep = command("prepare", cmd_prepare, "check, re-encode and index a video dataset before training",
+                   log_level=logging.INFO, description=PREPARE_DESCRIPTION, formatter_class=raw)
+    prep.add_argument("src", metavar="SRC", help="the dataset as downloaded")
+    prep.add_argument("out", metavar="OUT", help="where the prepared videos, CSVs and broken.csv go")
+    prep.add_argument("--short-side", type=int, default=320,
+                      help="resize so the shorter side is this many pixels (never enlarged; default: 320)")
+    prep.add_argument("--keyframe-interval", type=int, default=16, help="a keyframe every N frames (default: 16)")
+    prep.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per CPU)")
+    prep.add_argument("--no-reencode", action="store_true",
+                      help="only check and index the videos where they are; the CSVs then point into SRC")
+    prep.add_argument("--annotations", nargs="+", default=[], metavar="SPLIT=FILE",
+                      help="annotation files instead of the layouts found in SRC: Kinetics CSVs or mmaction lists")
+    prep.add_argument("--timeout", type=float, default=600.0,
+                      help="seconds one video may take before it is listed as broken (default: 600)")
+
+    export = command("export", cmd_export, "export a model for deployment: ONNX or torch.export (.pt2)",
+                     value_errors=True, description=EXPORT_DESCRIPTION, formatter_class=raw)
+    export.add_argument("--weights", required=True, metavar="NAME_OR_FILE",
+                        help="a registry name (e.g. swin3d_t.k400) or a weight file")
+    export.add_argument("--format", required=True, choices=["onnx", "pt2"], help="onnx or pt2 (torch.export)")
+    export.add_argument("--out", help="the file to write (default: <weights name>.<format> here)")
+    export.add_argument("--clip", metavar="TxHxW",
+                        help="input size: TxHxW for video models, HxW for image models (default: the size the "
+                             "weights were evaluated at when known, else 32x224x224 or 224x224)")
+    export.add_argument("--batch", default="dynamic", metavar="dynamic|N",
+                        help="'dynamic' (any batch size; the default) or a fixed batch size")
+    export.add_argument("--model", help="the preset a weight file without our sidecar fits (e.g. swin3d_t)")
+    export.add_argument("--num-classes", type=int, default=400,
+                        help="with --model: classes of the file's head (default: 400)")
+    export.add_argument("--check", action="store_true",
+                        help="run the written file (onnxruntime for ONNX) at batch 1 and 3 and compare with PyTorch")
+
+    hub = command("export-hub", cmd_export_hub, "a training run as a Hugging Face Hub model folder",
+                  description="Turn a finished training run (RUN_DIR/model.safetensors and its sidecar) into a "
+                  "folder that video_swin.from_pretrained reads and the Hub serves: config.json (model arguments, "
+                  "class names, test-time settings), model.safetensors and a README model card with the training "
+                  f"config and the final metrics (RUN_DIR/eval/metrics.json) when present.\n\nexample:\n"
+                  f"  {PROG} export-hub runs/demo hub/demo-swin && huggingface-cli upload me/demo-swin hub/demo-swin",
+                  formatter_class=raw)
+    hub.add_argument("run_dir", metavar="RUN_DIR", help="the training run's output_dir")
+    hub.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write")
 
     demo = command("make-demo-data", cmd_make_demo_data, "write the synthetic demo dataset",
                    log_level=logging.INFO,

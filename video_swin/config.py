@@ -36,6 +36,7 @@ Decoder = Literal["decord", "pyav", "torchcodec", "auto"]
 Pipeline = Literal["native", "pytorchvideo"]
 ClipOutput = Literal["float", "uint8"]  # uint8: workers send uint8 clips, normalised on the device
 MixedPrecision = Literal["no", "fp16", "bf16"]
+Distributed = Literal["ddp", "fsdp"]  # fsdp: parameters, gradients, AdamW states sharded per Swin block (FSDP2)
 TemporalInit = Literal["average", "center"]
 Attention = Literal["dot", "cosine"]
 PositionBias = Literal["table", "cpb"]
@@ -101,6 +102,7 @@ class TrainConfig:
     batch_size: int = 8  # per process
     grad_accum_steps: int = 1
     mixed_precision: MixedPrecision = "no"
+    distributed: Distributed = "ddp"  # how several processes share the model: replicas, or shards (fsdp)
     max_grad_norm: float | None = None
     label_smoothing: float = 0.0
     save_every_steps: int = 1000
@@ -399,6 +401,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.output: uint8 is only available with data.pipeline: native")
     if cfg.data.output == "uint8" and cfg.data.random_erasing:
         raise ConfigError("data.output: uint8 cannot be combined with data.random_erasing (it works on float clips)")
+    if cfg.train.distributed == "fsdp" and cfg.train.mixed_precision == "fp16":
+        raise ConfigError("train.distributed: fsdp trains in fp32 or bf16 (train.mixed_precision: no or bf16), "
+                          "not fp16, whose loss scaling needs unsharded gradients")
     for key in ("data.clip_len", "data.frame_interval", "data.crop_size", "data.train_short_side",
                 "data.test_short_side", "train.epochs", "train.batch_size", "train.grad_accum_steps",
                 "train.save_every_steps", "train.log_every_steps", "train.keep_last", "optim.lr",
@@ -448,8 +453,15 @@ def check_paths(cfg: Config, *, evaluation: bool = False) -> None:
             files.update({"data.train_annotations": cfg.data.train_annotations,
                           "data.val_annotations": cfg.data.val_annotations})
     for key, value in files.items():
-        if value is not None and not Path(value).exists():
+        if value is not None and not Path(value).exists() and not _is_weights_name(key, value):
             raise ConfigError(f"{key}: file not found: {value}")
+
+
+def _is_weights_name(key: str, value: str) -> bool:
+    """True for a published-weights name (``swin_t.in1k``) in a pretrained key: fetched when the model is built."""
+    from .pretrained import is_pretrained_name  # torch-free
+
+    return key.startswith("model.pretrained_") and is_pretrained_name(value)
 
 
 __all__ = [

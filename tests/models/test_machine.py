@@ -8,8 +8,13 @@ import pytest
 import torch
 
 import video_swin
-from video_swin.models.kernels import accelerate_cpu, linear_backend, reference, set_linear_backend
-from video_swin.models.kernels import machine
+from video_swin.models.kernels import (
+    accelerate_cpu,
+    linear_backend,
+    machine,
+    reference,
+    set_linear_backend,
+)
 from video_swin.models.kernels.linear import use_onednn
 from video_swin.models.kernels.switches import ONEDNN_LINEAR
 
@@ -65,3 +70,27 @@ def test_bf16_warning_only_without_bf16_hardware():
                               bf16_gflops=10.0, onednn_speedup=1.2, linear="onednn")  # fmt: skip
     assert "10.0x slower" in machine.bf16_warning(base) and "mixed_precision=no" in machine.bf16_warning(base)
     assert machine.bf16_warning(dataclasses.replace(base, bf16_native=True, bf16_gflops=400.0)) is None
+
+
+def test_processes_starting_together_share_one_measurement(fresh):
+    # The processes of one run must make the same choice (their results would differ in the
+    # last bits otherwise): one measures under a lock, the others read its result.
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        profiles = pool.map(_profile_in_child, range(3))
+    assert profiles[0] == profiles[1] == profiles[2]
+    assert len(list(machine._cache_file().parent.glob("*.json"))) == 1
+
+
+def _profile_in_child(_: int) -> dict:
+    machine._PROFILE = None
+    return dataclasses.asdict(machine.cpu_profile())
+
+
+def test_measuring_leaves_the_global_random_state_alone():
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    machine.measure(reps=1)
+    assert torch.equal(torch.rand(4), expected)

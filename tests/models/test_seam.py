@@ -13,7 +13,13 @@ import video_swin
 from video_swin.checkpoints import load_model, save_checkpoint
 from video_swin.models import SwinBlock, SwinTransformer, kernels
 from video_swin.models.attention import WindowAttention
-from video_swin.models.kernels import FastLinear, FastSwinBlock, FastWindowAttention, accelerate_cpu, reference
+from video_swin.models.kernels import (
+    FastLinear,
+    FastSwinBlock,
+    FastWindowAttention,
+    accelerate_cpu,
+    reference,
+)
 from video_swin.models.kernels import attention as fused_attention
 
 MODELS = Path(video_swin.__file__).parent / "models"
@@ -45,6 +51,7 @@ CASES = {
     "3d_v1_pad": ("swin3d_t", dict(window_size=(8, 4, 4)), (2, 3, 7, 36, 44)),
     "3d_v1_even": ("swin3d_t", dict(window_size=(2, 4, 4)), (2, 3, 8, 32, 32)),
     "3d_v2_pad": ("swinv2_3d_t", dict(window_size=(2, 4, 4)), (1, 3, 6, 36, 44)),
+    "3d_v2_main_norm": ("swinv2_3d_t", {"window_size": (2, 4, 4), "extra_norm_period": 2}, (1, 3, 4, 32, 40)),
     "3d_cosine_only": ("swin3d_t", dict(window_size=(2, 4, 4), attention="cosine"), (2, 3, 4, 32, 40)),
     "3d_cpb_only": ("swin3d_t", dict(window_size=(2, 4, 4), position_bias="cpb"), (2, 3, 4, 32, 40)),
     "2d_v1_pad": ("swin_t", {}, (2, 3, 60, 76)),

@@ -24,6 +24,8 @@ Faults (N is an optimizer step, RANK a process index; without RANK every process
   is NaN.
 * ``hostile_decoder``: decord and PyAV segfault on any file whose name holds
   ``CRASH`` and never return on one holding ``HANG``.
+* ``sleep_at_start:S[:RANK]``: this process waits S seconds before it starts
+  (so before it joins the process group).
 
 A fault ending in ``@A`` applies only in elastic attempt A
 (``TORCHELASTIC_RESTART_COUNT``, which torchrun sets; 0 when unset), e.g.
@@ -143,6 +145,9 @@ def _install(fault: str) -> None:
             return original_index(path)
 
         decoders.get_frame_index = get_frame_index
+    elif kind == "sleep_at_start":
+        if _this_rank(args[1] if len(args) > 1 else None):
+            time.sleep(float(args[0]))
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

@@ -13,7 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from .formats import describe, infer_window, resize_bias_table, to_canonical, variant_of
-from .io import CheckpointError, StateDict, WeightFile, read_sidecar, read_state_dict, write_weights
+from .io import (
+    CheckpointError,
+    StateDict,
+    WeightFile,
+    read_sidecar,
+    read_state_dict,
+    write_weights,
+)
 
 log = logging.getLogger(__name__)
 FORMAT = "video-swin"
@@ -239,16 +246,20 @@ def load_checkpoint(
     return report
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, **metadata: Any) -> Path:
+def save_checkpoint(
+    model: nn.Module, path: str | os.PathLike, *, state_dict: dict[str, Tensor] | None = None, **metadata: Any
+) -> Path:
     """Writes ``model``'s weights as safetensors plus a JSON sidecar, atomically.
 
     The sidecar holds ``model.config`` (the preset name and every constructor
     argument) and ``metadata`` (e.g. ``classes=[...]``), so
     :func:`load_model` can rebuild the model from the file alone.
+    ``state_dict``: the weights to write instead of ``model.state_dict()``,
+    e.g. a sharded model's, consolidated.
     """
     config = getattr(model, "config", None)
     meta = {"format": FORMAT, "model": config, **metadata}
-    return write_weights(model.state_dict(), path, meta)
+    return write_weights(model.state_dict() if state_dict is None else state_dict, path, meta)
 
 
 def load_model(path: str | os.PathLike, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:

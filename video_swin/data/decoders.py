@@ -18,8 +18,9 @@ and every backend is either exact for a file or not used for it:
   plus FFmpeg's shared libraries) reads by index with ``seek_mode="exact"``;
   used where its frame count equals the index's, except AVI with B-frames,
   where it was measured off by one or failing.
-* ``auto`` takes, per file, the first of decord, TorchCodec and PyAV that is
-  installed and exact for it.
+* ``auto`` takes, per file, the first of TorchCodec, decord and PyAV that is
+  installed and exact for it (the fastest first: on Kinetics-shaped files
+  TorchCodec took 0.78x decord's CPU time per clip, docs/BENCHMARKS.md).
 
 Rotation tags (phone video) are applied by every backend the same way: the
 frames come out as a player shows them.
@@ -440,10 +441,10 @@ def get_decoder(name: str = "decord", *, num_threads: int = 1, timeout: float | 
                 "libswscale6 libswresample4 libavdevice59 libavfilter8` on Debian 12)"
             )
         return ExactDecoder([TorchCodecDecoder(num_threads), pyav])
-    if name == "auto":
-        backends: list[Backend] = [DecordDecoder(num_threads)] if decord_available() else []
-        if torchcodec_available():
-            backends.append(TorchCodecDecoder(num_threads))
+    if name == "auto":  # fastest first, as measured on Kinetics-shaped files (docs/BENCHMARKS.md)
+        backends: list[Backend] = [TorchCodecDecoder(num_threads)] if torchcodec_available() else []
+        if decord_available():
+            backends.append(DecordDecoder(num_threads))
         return ExactDecoder([*backends, pyav], name="auto")
     if not decord_available():
         logger.warning("decord is not available; decoding with PyAV instead")

@@ -12,7 +12,14 @@ from .evaluate import (
     write_report,
 )
 from .optim import build_optimizer, lr_factor, param_groups
-from .predict import VideoPrediction, format_predictions, load_predictor, predict_videos
+from .predict import (
+    VideoPrediction,
+    find_videos,
+    format_predictions,
+    iter_predictions,
+    load_predictor,
+    predict_videos,
+)
 from .state import ResumeError
 from .trainer import train
 
@@ -23,8 +30,10 @@ __all__ = [
     "VideoScores",
     "build_optimizer",
     "evaluate_checkpoint",
+    "find_videos",
     "format_predictions",
     "format_summary",
+    "iter_predictions",
     "load_predictor",
     "lr_factor",
     "metrics",

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -22,8 +23,50 @@ from ..data.collate import collate
 from ..errors import CheckpointError, ConfigError, TrainingError  # noqa: F401  (re-exported)
 from ..models import create_model
 from ..models.kernels import accelerate_cpu
+from ..pretrained import resolve_weights
 
 log = logging.getLogger(__name__)
+
+
+# The rendezvous of :func:`_elastic_init_method`: ``env://`` with the keys of each attempt apart.
+_ATTEMPT_SCHEME = "video-swin-attempt"
+
+
+def _attempt_rendezvous(url: str, **kwargs: Any):
+    """``env://``'s store, rank and world size, the store's keys under a prefix of this elastic attempt."""
+    from urllib.parse import urlparse
+
+    from torch.distributed import PrefixStore
+    from torch.distributed.rendezvous import rendezvous
+
+    store, rank, world_size = next(rendezvous(urlparse(url)._replace(scheme="env").geturl(), **kwargs))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    yield PrefixStore(f"video_swin/attempt_{attempt}", store), rank, world_size
+
+
+def _elastic_init_method() -> str | None:
+    """The ``init_method`` for the process group of a restarted torchrun attempt, or None for the default.
+
+    torchrun (``--max-restarts``, c10d rendezvous) serves one key-value store for
+    all its attempts (``TORCHELASTIC_USE_AGENT_STORE``) and torch writes each
+    attempt's process-group keys under the same names. A restarted attempt then
+    reads the addresses of the killed one: gloo retries a dead port ("connection
+    refused") or waits for a peer that never comes (NCCL reads a stale id the
+    same way). Each attempt's keys go under a prefix of its own here. The
+    attempt count is only the same in every process under one agent (one node,
+    ``GROUP_WORLD_SIZE`` 1); across nodes, launch torchrun with
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (a new store each attempt).
+    """
+    import torch.distributed as dist
+
+    if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or os.environ.get("GROUP_WORLD_SIZE") != "1"
+            or int(os.environ.get("WORLD_SIZE", "1")) < 2 or not dist.is_available() or dist.is_initialized()):
+        return None
+    try:
+        dist.register_rendezvous_handler(_ATTEMPT_SCHEME, _attempt_rendezvous)
+    except RuntimeError:  # registered by an earlier call in this process
+        pass
+    return f"{_ATTEMPT_SCHEME}://"
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -33,13 +76,21 @@ def make_accelerator(cfg: Config) -> Accelerator:
     ``cpu=True``; without it, each process of a multi-process CPU launch would
     silently work alone (train on its own, or evaluate the whole set once per process).
     """
+    init_method = _elastic_init_method()
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with="tensorboard",
         project_dir=cfg.output_dir,
+        kwargs_handlers=[InitProcessGroupKwargs(init_method=init_method)] if init_method else None,
     )
+    if accelerator.device.type == "cpu" and cfg.train.mixed_precision == "bf16":
+        from ..models.kernels.machine import bf16_warning, cpu_profile  # noqa: PLC0415
+
+        warning = bf16_warning(cpu_profile())  # bf16 without bf16 hardware is emulated: slower
+        if warning and accelerator.is_main_process:
+            log.warning(warning)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise TrainingError(
@@ -148,11 +199,14 @@ def build_model(cfg: Config, num_classes: int, accelerator: Accelerator) -> nn.M
     """The model of ``cfg.model``, with pretrained weights inflated or loaded as configured, for the run's device."""
     m = cfg.model
     model = for_device(model_from_config(cfg, num_classes), accelerator.device)
-    if m.pretrained_image:
-        report = load_image_pretrained(model, m.pretrained_image, temporal_init=m.temporal_init)
+    # Registry names (``swin_t.in1k``) become cached files; the main process downloads, the others wait.
+    with accelerator.main_process_first():
+        image, video = (resolve_weights(p) if p else None for p in (m.pretrained_image, m.pretrained_video))
+    if image:
+        report = load_image_pretrained(model, image, temporal_init=m.temporal_init)
         accelerator.print(f"initialised from {m.pretrained_image}\n{report}")
-    if m.pretrained_video:
-        report = load_checkpoint(model, m.pretrained_video)
+    if video:
+        report = load_checkpoint(model, video)
         accelerator.print(f"loaded {m.pretrained_video}\n{report}")
     return model
 

@@ -1,31 +1,45 @@
-"""Predicting the classes of one's own video files with a trained checkpoint.
+"""Predicting the classes of one's own video files, many at a time.
 
 Files go through exactly the evaluation's test-mode pipeline (decoder, clip
-sampling, crops, normalisation: :func:`~video_swin.engine.build.build_test_dataset`)
-and the same multi-view scoring (:func:`~video_swin.engine.evaluate.score_views`).
+sampling, crops, normalisation: :func:`~video_swin.engine.build.build_test_dataset`),
+read by a DataLoader whose worker processes decode the next videos while the
+model scores the current batch (each video decoded once for all its views, the
+views of a whole batch scored together, as
+:func:`~video_swin.engine.evaluate.score_views` does). Results stream out in
+input order, one :class:`VideoPrediction` per file; a file that cannot be read
+gets its reason and the others go on. Writing them (CSV, JSONL, features) is
+:mod:`.predict_output`.
 """
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from ..checkpoints import CheckpointError
 from ..checkpoints.io import read_sidecar
 from ..config import Config, ConfigError, Views, config_from_dict, parse_views
 from ..data import clips_to_float
-from ..data.annotations import read_class_file
+from ..data.annotations import read_class_file, scan_videos
+from ..data.collate import collate
+from ..pretrained import PretrainedWeights, get_pretrained, is_pretrained_name
 from .build import (
     build_test_dataset,
     for_device,
     load_trained_weights,
     model_from_config,
 )
-from .evaluate import score_views
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,116 +47,240 @@ class VideoPrediction:
     """The top classes of one file, or why it could not be scored.
 
     Attributes:
-        path: the file, as given.
+        path: the file, as given or as found under a given folder.
         top: ``(class name, probability)`` pairs, most likely first; empty on error.
         error: None, or the reason the file could not be decoded.
+        features: with ``features=True``: the pooled backbone features averaged
+            over the views, Tensor[C_last] float32 on the CPU; else None.
     """
 
     path: str
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    features: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "top": [{"class": c, "probability": p} for c, p in self.top], "error": self.error}
 
 
+def find_videos(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """The video files of ``inputs``: files as given, folders searched recursively, glob patterns expanded.
+
+    A folder contributes its files with a video extension
+    (:data:`~video_swin.data.annotations.VIDEO_EXTENSIONS`) in sorted order; a
+    path that is neither a folder nor matches a pattern is kept as given, so
+    that a missing file is reported with the others' results.
+
+    Raises:
+        ConfigError: a folder without any video file in it.
+    """
+    found: list[str] = []
+    for item in map(str, inputs):
+        if os.path.isdir(item):
+            index = scan_videos(item, refresh=True)  # absolute paths under the folder's real path
+            videos = sorted(p for paths in index.by_name.values() for p in paths)
+            if not videos:
+                raise ConfigError(f"{item}: no video files under this folder")
+            found += [os.path.join(item, os.path.relpath(p, index.root)) for p in videos]  # as the user named it
+        elif not os.path.exists(item) and glob.has_magic(item):
+            found += sorted(glob.glob(item, recursive=True)) or [item]
+        else:
+            found.append(item)
+    return found
+
+
+def registry_config(entry: PretrainedWeights) -> Config:
+    """Test-time data settings of a published file: the publisher's clip length, sampling, views and crops.
+
+    torchvision's entries state a frame rate (15 fps) instead of an interval;
+    the Kinetics videos' 30 fps make that every 2nd frame. SSv2's uniform
+    sampling is approximated by every 2nd frame too.
+    """
+    e = entry.eval
+    views = e.get("views") or f"{e.get('clips_per_video', 4)}x1"
+    return config_from_dict({
+        "model": {"name": entry.model},
+        "data": {"clip_len": e["clip_len"], "frame_interval": e.get("frame_interval", 2),
+                 "crop_size": e["crop_size"], "test_short_side": e["short_side"], "decoder": "auto"},
+        "eval": {"views": views},
+    })  # fmt: skip
+
+
 def load_predictor(
-    checkpoint: str | os.PathLike,
+    weights: str | os.PathLike,
     *,
     cfg: Config | None = None,
     classes: Sequence[str] | str | os.PathLike | None = None,
-) -> tuple[nn.Module, Config, list[str]]:
+) -> tuple[nn.Module, Config, list[str] | None]:
     """The model, its config and class names for :func:`predict_videos`.
 
-    The config (model architecture and test-time data settings) is ``cfg`` if
-    given, else the one the training run saved in the checkpoint's sidecar;
-    the class names are ``classes`` (names, or a file with one per line) if
-    given, else the sidecar's.
+    ``weights`` is a registry name (:func:`video_swin.list_pretrained`, e.g.
+    ``"swin3d_t.k400"``: downloaded once, the publisher's evaluation settings
+    and class list) or a file. A file's config (model architecture and
+    test-time data settings) is ``cfg`` if given, else the one the training
+    run saved in its sidecar. Class names are ``classes`` (names, or a file with
+    one per line) if given, else those the weights carry (the catalog's list,
+    the sidecar's), else None: the caller then shows class indices.
 
     Returns:
-        ``(model in eval mode, config, class names)``.
+        ``(model in eval mode, config, class names or None)``.
 
     Raises:
-        CheckpointError: unreadable file, missing weights, or neither a config
-            nor class names available for it.
+        CheckpointError: unreadable file, missing weights, no config for it,
+            an image model, or ``classes`` of another count than the head's.
         ConfigError: a saved config that no longer matches the schema.
     """
-    meta = read_sidecar(checkpoint) or {}
-    if cfg is None:
-        if not isinstance(meta.get("config"), dict):
-            raise CheckpointError(
-                f"{checkpoint}: no training config saved beside it (sidecar 'config'); "
-                f"pass the config it was trained with (--config)"
-            )
-        try:
-            cfg = config_from_dict(meta["config"])
-        except ConfigError as e:
-            raise ConfigError(f"{checkpoint}: the saved config is not valid any more ({e}); pass --config") from e
     if isinstance(classes, (str, os.PathLike)):
         classes = read_class_file(classes)
-    elif classes is None:
-        classes = meta.get("classes")
-        if not classes:
-            raise CheckpointError(f"{checkpoint}: no class names saved beside it; pass a class file (--classes)")
-    model = model_from_config(cfg, len(classes))
-    load_trained_weights(model, checkpoint)
-    return model.eval(), cfg, list(classes)
+    if is_pretrained_name(str(weights)) and not Path(weights).exists():
+        from ..models import create_model
+
+        entry = get_pretrained(str(weights))
+        model = create_model(entry.model, pretrained=entry.name)
+        cfg = cfg or registry_config(entry)
+        names = classes or getattr(model, "classes", None)
+    else:
+        meta = read_sidecar(weights) or {}
+        if cfg is None:
+            if not isinstance(meta.get("config"), dict):
+                raise CheckpointError(
+                    f"{weights}: no training config saved beside it (sidecar 'config'); "
+                    f"pass the config it was trained with (--config)"
+                )
+            try:
+                cfg = config_from_dict(meta["config"])
+            except ConfigError as e:
+                raise ConfigError(f"{weights}: the saved config is not valid any more ({e}); pass --config") from e
+        names = classes or meta.get("classes")
+        if not names and not cfg.model.num_classes:
+            raise CheckpointError(f"{weights}: neither class names nor a class count saved with it; "
+                                  f"pass a class file (--classes) or model.num_classes in --config")
+        model = model_from_config(cfg, len(names) if names else cfg.model.num_classes)
+        load_trained_weights(model, weights)
+    if len(model.patch_embed.patch_size) != 3:
+        raise CheckpointError(f"{weights}: {model.config['name']} is an image model; predict needs a video model")
+    if names and len(names) != model.head.out_features:
+        raise CheckpointError(f"{len(names)} class names for a head of {model.head.out_features} classes")
+    return model.eval(), cfg, list(names) if names else None
 
 
-@torch.no_grad()
-def predict_videos(
+def default_workers() -> int:
+    """DataLoader worker processes: one per CPU, at most 4 (decoding short clips needs few)."""
+    return min(4, os.cpu_count() or 1)
+
+
+def _score_and_pool(model: nn.Module, videos: torch.Tensor, max_views: int, average: str
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class scores and pooled features of multi-view samples.
+
+    The same scores as :func:`~video_swin.engine.evaluate.score_views`, with the
+    pooled features of the same forward.
+
+    Args:
+        videos: Tensor[B, V, 3, T, H, W].
+
+    Returns:
+        ``(scores Tensor[B, K], features Tensor[B, C_last])``, float32, averaged over the V views.
+    """
+    b, v = videos.shape[:2]
+    flat = videos.flatten(0, 1)  # (B*V, 3, T, H, W)
+    pooled = torch.cat([model.forward_head(model.forward_features(chunk), pre_logits=True)
+                        for chunk in flat.split(max_views)]).float()  # (B*V, C_last)
+    logits = model.head(pooled).float()  # (B*V, K); the head's dropout is off in eval
+    per_view = logits.softmax(-1) if average == "prob" else logits
+    return per_view.view(b, v, -1).mean(1), pooled.view(b, v, -1).mean(1)  # (B, K), (B, C_last)
+
+
+@torch.inference_mode()
+def iter_predictions(
     model: nn.Module,
     cfg: Config,
-    classes: Sequence[str],
+    classes: Sequence[str] | None,
     paths: Sequence[str | os.PathLike],
     *,
     views: Views | str | None = None,
     top_k: int = 5,
     device: str | torch.device | None = None,
-) -> list[VideoPrediction]:
-    """Top-k classes of each file, with probabilities; a file that cannot be decoded gets its error.
+    batch_size: int | None = None,
+    workers: int | None = None,
+    features: bool = False,
+    progress: bool = False,
+) -> Iterator[VideoPrediction]:
+    """Top-k classes of each file, with probabilities, in input order, as the batches come.
 
     Args:
-        model: classifier with ``len(classes)`` outputs.
+        model: video classifier.
         cfg: data settings (``data.*``) and scoring settings (``eval.*``).
-        classes: class names, index i = logit i.
-        paths: video files.
+        classes: class names, index i = logit i; None: the indices as names.
+        paths: video files (see :func:`find_videos` for folders).
         views: clips x crops (or ``"CLIPSxCROPS"``), default ``cfg.eval.views``.
-        top_k: classes listed per file (at most ``len(classes)``).
+        top_k: classes listed per file (at most the class count).
         device: where the model runs; default CUDA if available.
+        batch_size: videos per forward (default ``eval.batch_size``); their
+            views go through the model ``eval.max_views_per_forward`` at a time.
+        workers: DataLoader worker processes decoding ahead (default
+            :func:`default_workers`; 0 decodes in this process).
+        features: also return each video's pooled features (``VideoPrediction.features``).
+        progress: a progress bar on stderr (only when it is a terminal).
 
-    Returns:
-        One :class:`VideoPrediction` per path, in order. Probabilities are the
+    Yields:
+        One :class:`VideoPrediction` per path. Probabilities are the
         view-averaged softmax (``eval.average=prob``) or the softmax of the
         view-averaged logits (``logit``).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = for_device(model.to(device).eval(), device)
     views = parse_views(views, key="views") if isinstance(views, str) else views
-    dataset = build_test_dataset(cfg, classes, views, videos=[str(p) for p in paths])
-    results = []
-    for i in range(len(dataset)):
-        sample = dataset[i]
-        path = str(paths[i])
-        if not sample["valid"]:
-            results.append(VideoPrediction(path, error=sample["failures"][0].reason))  # its own DecodeFailure
-            continue
-        videos = clips_to_float(sample["video"][None].to(device))  # (1, V, 3, T, S, S)
-        scores = score_views(model, videos, cfg.eval.max_views_per_forward, cfg.eval.average)[0]  # (K,)
-        probs = scores if cfg.eval.average == "prob" else scores.softmax(-1)
-        top = probs.topk(min(top_k, len(classes)))
-        names = [(classes[j], float(p)) for p, j in zip(top.values, top.indices.tolist())]
-        results.append(VideoPrediction(path, names))
-    return results
+    names = list(classes) if classes else [str(i) for i in range(model.head.out_features)]
+    paths = [str(p) for p in paths]
+    workers = default_workers() if workers is None else workers
+    dataset = build_test_dataset(cfg, names, views, videos=paths)
+    loader = DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, num_workers=min(workers, len(paths)),
+                        collate_fn=collate, pin_memory=device.type == "cuda")
+    k = min(top_k, len(names))
+    with tqdm(total=len(paths), unit="video", desc="predict", leave=False,
+              disable=None if progress else True) as bar:  # None: shown on a terminal only
+        for batch in loader:
+            valid = batch["valid"]  # (B,) bool
+            reasons = iter(batch["failures"])  # in test mode: one record per invalid sample, in order
+            if valid.any():
+                videos = clips_to_float(batch["video"][valid].to(device, non_blocking=True))  # (B', V, 3, T, S, S)
+                scores, pooled = _score_and_pool(model, videos, cfg.eval.max_views_per_forward, cfg.eval.average)
+                probs = (scores if cfg.eval.average == "prob" else scores.softmax(-1)).cpu()  # (B', K)
+                top = probs.topk(k)
+                pooled = pooled.cpu()
+            row = 0
+            for index, ok in zip(batch["index"].tolist(), valid.tolist()):
+                if not ok:
+                    yield VideoPrediction(paths[index], error=next(reasons).reason)
+                    continue
+                ranked = [(names[j], float(p)) for p, j in zip(top.values[row], top.indices[row].tolist())]
+                yield VideoPrediction(paths[index], ranked, features=pooled[row].clone() if features else None)
+                row += 1
+            bar.update(len(valid))
+
+
+def predict_videos(
+    model: nn.Module,
+    cfg: Config,
+    classes: Sequence[str] | None,
+    paths: Sequence[str | os.PathLike],
+    **kwargs,
+) -> list[VideoPrediction]:
+    """:func:`iter_predictions` as a list (same arguments)."""
+    return list(iter_predictions(model, cfg, classes, paths, **kwargs))
+
+
+def format_prediction(r: VideoPrediction) -> str:
+    """Plain text of one result: the file, then its classes with probabilities (or its error)."""
+    lines = [r.path]
+    if r.error is not None:
+        lines.append(f"    error: {r.error}")
+    width = max((len(c) for c, _ in r.top), default=0)
+    lines += [f"  {rank:>2}. {name:<{width}}  {prob:6.1%}" for rank, (name, prob) in enumerate(r.top, 1)]
+    return "\n".join(lines)
 
 
 def format_predictions(results: Sequence[VideoPrediction]) -> str:
     """A plain-text table: each file, then its classes with probabilities (or its error)."""
-    lines = []
-    for r in results:
-        lines.append(r.path)
-        if r.error is not None:
-            lines.append(f"    error: {r.error}")
-        width = max((len(c) for c, _ in r.top), default=0)
-        lines += [f"  {rank:>2}. {name:<{width}}  {prob:6.1%}" for rank, (name, prob) in enumerate(r.top, 1)]
-    return "\n".join(lines)
+    return "\n".join(map(format_prediction, results))

@@ -30,9 +30,11 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ..checkpoints.io import unpickling_detail
 from ..errors import CheckpointError, ResumeError, TrainingError
+from .sharding import load_shards, save_shards
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
@@ -129,10 +131,14 @@ def _step_together(accelerator: Accelerator, work: Callable[[], None], what: str
     )
 
 
-def save_state(accelerator: Accelerator, checkpoints_dir: Path, counters: dict[str, Any], keep_last: int) -> Path:
+def save_state(accelerator: Accelerator, checkpoints_dir: Path, counters: dict[str, Any], keep_last: int, *,
+               shards: tuple[nn.Module, torch.optim.Optimizer] | None = None) -> Path:
     """Saves model, optimizer, RNG and ``counters`` as ``step_<counters['step']>``; prunes old states.
 
     Every process writes its RNG state; the main process does the rename and pruning.
+    ``shards``: a sharded model and its optimizer (``train.distributed: fsdp``),
+    which accelerate does not hold: every process writes its own shards of
+    them (:func:`.sharding.save_shards`).
 
     Raises:
         TrainingError: a write failed (disk full, read-only folder, ...) on any
@@ -150,6 +156,8 @@ def save_state(accelerator: Accelerator, checkpoints_dir: Path, counters: dict[s
 
     def write() -> None:
         accelerator.save_state(str(tmp), safe_serialization=True)
+        if shards is not None:
+            save_shards(*shards, tmp, accelerator.process_index)
         save_file(_rng_tensors(), str(_rng_file(tmp, accelerator.process_index)))
 
     def publish() -> None:
@@ -264,8 +272,11 @@ def _refuse(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
     )
 
 
-def load_state(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
+def load_state(accelerator: Accelerator, folder: Path, *,
+               shards: tuple[nn.Module, torch.optim.Optimizer] | None = None) -> dict[str, Any]:
     """Restores model, optimizer and RNG from ``folder``; returns its counters.
+
+    ``shards``: the sharded model and optimizer that :func:`save_state` was given.
 
     Raises:
         CheckpointError: a file of the state is a pickle that would run code
@@ -298,6 +309,8 @@ def load_state(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
             f"{folder}: the saved state cannot be restored ({type(e).__name__}: {first}); "
             f"move this folder away to resume from the state before it"
         ) from e
+    if shards is not None:
+        load_shards(*shards, folder, accelerator.process_index)
     rng_path = _rng_file(folder, accelerator.process_index)
     if not rng_path.is_file():
         raise ResumeError(f"{rng_path} is missing: the run cannot resume exactly (was it saved with another world size?)")

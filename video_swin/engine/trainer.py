@@ -48,6 +48,7 @@ from .optim import build_optimizer, lr_factor, set_lr
 from .plots import plot_curves
 from .preemption import StopSignals
 from .run_dir import RunLock, check_resume_config, flat, on_main, prepare_folder
+from .sharding import check_can_shard, full_state_dict, shard_model
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,11 @@ class Run:
     def checkpoints(self) -> Path:
         return self.out / "checkpoints"
 
+    @property
+    def shards(self) -> tuple[nn.Module, torch.optim.Optimizer] | None:
+        """The sharded model and its optimizer (``train.distributed: fsdp``), which each process saves; else None."""
+        return (self.model, self.optimizer) if self.cfg.train.distributed == "fsdp" else None
+
 
 def train(
     cfg: Config, resume: bool | str = False, *, overwrite: bool = False, allow_changes: Sequence[str] = ()
@@ -171,6 +177,8 @@ def train(
     accelerator = make_accelerator(cfg)
     accelerator.print(f"world size: {accelerator.num_processes} ({accelerator.device}, "
                       f"mixed precision {cfg.train.mixed_precision})")
+    if cfg.train.distributed == "fsdp":
+        check_can_shard()  # before anything is written
     torch.manual_seed(cfg.seed)
     lock = RunLock(cfg.output_dir)
     on_main(accelerator, lock.acquire)  # held by the main process until the run ends, however it ends
@@ -246,18 +254,23 @@ def _build_run(cfg: Config, accelerator: Accelerator) -> Run:
         (out / "classes.txt").write_text("".join(c + "\n" for c in classes))
 
     model = build_model(cfg, num_classes, accelerator)
+    fsdp = cfg.train.distributed == "fsdp"
+    if fsdp:  # before the optimizer, which must hold the shards
+        model = shard_model(model, accelerator.device, accelerator.num_processes, cfg.train.mixed_precision)
     o = cfg.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, o.backbone_lr_mult, tuple(o.betas), o.eps)
-    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
-        model, optimizer, _train_loader(train_ds, cfg), eval_loader(val_ds, cfg), eval_loader(test_ds, cfg)
-    )
+    loaders = (_train_loader(train_ds, cfg), eval_loader(val_ds, cfg), eval_loader(test_ds, cfg))
+    if fsdp:  # accelerate would wrap a sharded model in DDP (see .sharding): it prepares the loaders only
+        train_loader, val_loader, test_loader = accelerator.prepare(*loaders)
+    else:
+        model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(model, optimizer, *loaders)
     return Run(cfg, accelerator, out, classes, num_classes, train_ds, test_ds, model, optimizer, train_loader,
                val_loader, test_loader, Schedule.of(cfg, len(train_loader)), MetricsLog(out / "metrics.jsonl", main))
 
 
 def _restore(run: Run, folder: Path) -> None:
     """Model, optimizer, RNG and counters from a complete state; the metrics rows after it are dropped."""
-    run.counters = states.load_state(run.accelerator, folder)
+    run.counters = states.load_state(run.accelerator, folder, shards=run.shards)
     run.metrics_log.truncate_after(run.counters["step"])
     run.accelerator.print(f"resumed from {folder} at step {run.counters['step']}")
 
@@ -346,7 +359,8 @@ def _forward_backward(run: Run, batch: dict[str, Any], stats: _StepStats) -> Non
     """
     cfg, accelerator, optimizer = run.cfg, run.accelerator, run.optimizer
     with accelerator.accumulate(run.model):
-        logits = run.model(clips_to_float(batch["video"]))  # uint8 clips (data.output) normalised here
+        with accelerator.autocast():  # a prepared (DDP) model autocasts itself; a sharded one is not prepared
+            logits = run.model(clips_to_float(batch["video"]))  # uint8 clips (data.output) normalised here
         loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=cfg.train.label_smoothing)
         losses = accelerator.gather(loss.detach()[None])  # (world,)
         if torch.isfinite(losses).all():
@@ -394,7 +408,7 @@ def _after_optimizer_step(run: Run, epoch: int, bar: tqdm, stats: _StepStats) ->
     bar.update(1)
     stats.loss, stats.bad_cycle = 0.0, False
     if step % cfg.train.save_every_steps == 0 or step == total:
-        states.save_state(accelerator, run.checkpoints, counters, cfg.train.keep_last)
+        states.save_state(accelerator, run.checkpoints, counters, cfg.train.keep_last, shards=run.shards)
         return True
     return False
 
@@ -414,7 +428,7 @@ def _stop_if_asked(run: Run, stop: StopSignals, *, saved: bool) -> None:
     if not signum:
         return
     if not saved:
-        states.save_state(accelerator, run.checkpoints, run.counters, run.cfg.train.keep_last)
+        states.save_state(accelerator, run.checkpoints, run.counters, run.cfg.train.keep_last, shards=run.shards)
     accelerator.end_training()  # trackers flushed, process group closed: the run ends here
     raise Preempted(run.counters["step"], signum, accelerator.process_index if accelerator.num_processes > 1 else None)
 
@@ -435,10 +449,11 @@ def _finish(run: Run) -> dict[str, Any]:
     cfg, accelerator, out, step = run.cfg, run.accelerator, run.out, run.counters["step"]
     main = accelerator.is_main_process
     accelerator.wait_for_everyone()
+    weights = full_state_dict(run.model) if run.shards else None  # every process takes part; process 0 gets them
     if main:
         try:
-            save_checkpoint(accelerator.unwrap_model(run.model), out / "model.safetensors", classes=run.classes,
-                            step=step, config=to_dict(cfg))  # fmt: skip
+            save_checkpoint(accelerator.unwrap_model(run.model), out / "model.safetensors", state_dict=weights,
+                            classes=run.classes, step=step, config=to_dict(cfg))  # fmt: skip
         except Exception as e:  # written atomically: nothing half-written is left behind
             raise TrainingError(
                 f"could not write the final weights {out / 'model.safetensors'}: {states.describe_error(e)}; "

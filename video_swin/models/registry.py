@@ -22,6 +22,20 @@ V2 = {"attention": "cosine", "position_bias": "cpb", "norm": "post"}
 _IMAGE_V2 = {"patch_size": (4, 4), "window_size": (8, 8)}
 _IMAGE_DROP_PATH = {"t": 0.2, "s": 0.3, "b": 0.5, "l": 0.5}
 
+# Swin V2's scaled-up sizes, V2 only. Widths and depths: the Swin V2 paper (arXiv 2111.09883,
+# "Model configurations"): L C=192 {2,2,18,2}; H C=352 {2,2,18,2}; G C=512 {2,2,42,4}; H and G add a
+# LayerNorm "on the main branch every 6 layers". L's heads and drop path (0.2): Microsoft's
+# configs/swinv2/swinv2_large_patch4_window12_192_22k.yaml. The paper gives no heads for H and G:
+# 32 channels per head, as in every released Swin (V1 paper: "d = 32"), gives 11/16 heads in stage 1.
+# Their drop path is L's (no released config).
+_V2_SIZES: dict[str, dict[str, Any]] = {
+    "l": {**_SIZES["l"]},
+    "h": {"embed_dim": 352, "depths": (2, 2, 18, 2), "num_heads": (11, 22, 44, 88), "drop_path_rate": 0.2,
+          "extra_norm_period": 6},
+    "g": {"embed_dim": 512, "depths": (2, 2, 42, 4), "num_heads": (16, 32, 64, 128), "drop_path_rate": 0.2,
+          "extra_norm_period": 6},
+}  # fmt: skip
+
 # Video Swin presets carry the official video head dropout (0.5); image ones none.
 PRESETS: dict[str, dict[str, Any]] = {}
 for _size, _arch in _SIZES.items():
@@ -30,6 +44,9 @@ for _size, _arch in _SIZES.items():
     if _size != "l":
         PRESETS[f"swinv2_3d_{_size}"] = {**_VIDEO, **_arch, "head_dropout": 0.5, **V2}
         PRESETS[f"swinv2_{_size}"] = {**_IMAGE_V2, **_arch, "drop_path_rate": _IMAGE_DROP_PATH[_size], **V2}
+for _size, _arch in _V2_SIZES.items():
+    PRESETS[f"swinv2_3d_{_size}"] = {**_VIDEO, **_arch, "head_dropout": 0.5, **V2}
+    PRESETS[f"swinv2_{_size}"] = {**_IMAGE_V2, **_arch, **V2}
 
 
 def list_models() -> list[str]:
@@ -49,12 +66,18 @@ def model_config(name: str, num_classes: int = 400, **overrides: Any) -> dict[st
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
-def create_model(name: str, num_classes: int = 400, **overrides: Any) -> SwinTransformer:
-    """Builds a preset with random weights.
+def create_model(
+    name: str, num_classes: int | None = None, *, pretrained: str | bool | None = None, **overrides: Any
+) -> SwinTransformer:
+    """Builds a preset, with random weights unless ``pretrained`` names published ones.
 
     Args:
         name: one of :func:`list_models`, e.g. ``"swin3d_t"``, ``"swin_t"`` or ``"swinv2_3d_t"``.
-        num_classes: outputs of the linear head (0: no head).
+        num_classes: outputs of the linear head (0: no head); default 400, or the
+            pretrained file's count (another count gets a fresh head).
+        pretrained: ``True`` (the preset's default weights), a tag (``"k400"``) or a
+            ``"MODEL.TAG"`` name from :func:`video_swin.list_pretrained`; downloaded to
+            the cache, checked and loaded (``model.classes`` then holds the class names).
         **overrides: any ``SwinTransformer`` argument, e.g. ``window_size=(16, 7, 7)``,
             ``drop_path_rate=0.2``, ``use_checkpoint=True``, or a Swin V2 option on
             its own: ``attention="cosine"``, ``position_bias="cpb"``, ``norm="post"``,
@@ -64,7 +87,12 @@ def create_model(name: str, num_classes: int = 400, **overrides: Any) -> SwinTra
         The model; ``model.config`` holds the name and every argument, which
         checkpoints store so the model can be rebuilt from the file alone.
     """
-    config = model_config(name, num_classes, **overrides)
+    if pretrained:
+        # Imported here: the weights registry sits above models (it loads through checkpoints).
+        from ..pretrained import create_pretrained
+
+        return create_pretrained(name, pretrained, num_classes, **overrides)
+    config = model_config(name, 400 if num_classes is None else num_classes, **overrides)
     model = SwinTransformer(**config)
     model.config = {"name": name, **config}
     return model

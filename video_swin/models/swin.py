@@ -8,6 +8,8 @@ channels-first once at the end.
 The Swin V2 ideas are options of the same modules: ``attention="cosine"``
 and ``position_bias="cpb"`` (see :mod:`.attention`) and ``norm="post"``
 (res-post-norm blocks, patch merging that normalises after its reduction).
+``extra_norm_period`` adds the LayerNorm on the main branch that Swin V2
+uses in its largest models (H and G), after every few blocks.
 
 This file and :mod:`.attention` are the reference, in standard PyTorch ops.
 Faster CPU paths with the same weights and outputs are applied to a built
@@ -26,7 +28,16 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import WindowAttention, check_choice
-from .windows import Size, fit_window, pad_to_window, padded_size, shift_mask, unpad, window_partition, window_reverse
+from .windows import (
+    Size,
+    fit_window,
+    pad_to_window,
+    padded_size,
+    shift_mask,
+    unpad,
+    window_partition,
+    window_reverse,
+)
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 NORMS = ("pre", "post")
@@ -139,6 +150,10 @@ class SwinBlock(nn.Module):
     deep models. Post-norms start at zero weight and bias (as in the official
     V2 code), so a new block starts as the identity.
 
+    With ``main_norm``, the block ends with a LayerNorm of the main branch
+    itself, ``norm3(x)`` after both residuals: Swin V2's stabiliser for its
+    largest models (see :class:`SwinTransformer`, ``extra_norm_period``).
+
     Args:
         dim: channels C.
         num_heads: attention heads.
@@ -153,6 +168,7 @@ class SwinBlock(nn.Module):
         position_bias: ``"table"`` or ``"cpb"``.
         norm: ``"pre"`` or ``"post"``.
         pretrained_window_size: for ``"cpb"``, the window the weights were trained with.
+        main_norm: end the block with a LayerNorm of the main branch (``norm3``).
     """
 
     def __init__(
@@ -171,6 +187,7 @@ class SwinBlock(nn.Module):
         position_bias: str = "table",
         norm: str = "pre",
         pretrained_window_size: Size | None = None,
+        main_norm: bool = False,
     ) -> None:
         super().__init__()
         self.shifted = shifted
@@ -190,6 +207,9 @@ class SwinBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        # Named after timm's swinv2_cr (the public code with this norm); an Identity
+        # adds no state-dict keys, so models without it keep their checkpoints.
+        self.norm3 = nn.LayerNorm(dim) if main_norm else nn.Identity()
 
     def init_post_norm(self) -> None:
         """Zeroes the res-post-norms (official V2 init); a no-op for pre-norm blocks."""
@@ -209,7 +229,7 @@ class SwinBlock(nn.Module):
             shift, mask = (0,) * len(window), None
         x = x + self.drop_path(self.branch(self.shifted_window_attention, self.norm1, x, window, shift, mask))
         x = x + self.drop_path(self.branch(self.mlp, self.norm2, x))
-        return x
+        return self.norm3(x)
 
     def branch(self, f: Callable[..., Tensor], norm: nn.Module, x: Tensor, *args: Any) -> Tensor:
         """A residual branch without its residual: ``f(norm(x))`` (pre-norm) or ``norm(f(x))`` (post-norm)."""
@@ -242,7 +262,8 @@ class SwinStage(nn.Module):
 
     The window and shift in use and the shift mask depend only on the input
     size; the mask is built once per (padded size, window, shift, device) and
-    kept in ``self.mask_cache``.
+    kept in ``self.mask_cache``. With ``extra_norm_period`` N > 0, blocks N,
+    2N, ... of the stage (counted from 1) end with a main-branch LayerNorm.
     """
 
     def __init__(
@@ -256,6 +277,7 @@ class SwinStage(nn.Module):
         downsample: bool,
         use_checkpoint: bool = False,
         norm: str = "pre",
+        extra_norm_period: int = 0,
         **block_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -264,7 +286,14 @@ class SwinStage(nn.Module):
         self.use_checkpoint = use_checkpoint
         self.blocks = nn.ModuleList(
             SwinBlock(
-                dim, num_heads, window_size, shifted=i % 2 == 1, drop_path=drop_path[i], norm=norm, **block_kwargs
+                dim,
+                num_heads,
+                window_size,
+                shifted=i % 2 == 1,
+                drop_path=drop_path[i],
+                norm=norm,
+                main_norm=extra_norm_period > 0 and (i + 1) % extra_norm_period == 0,
+                **block_kwargs,
             )
             for i in range(depth)
         )
@@ -286,6 +315,13 @@ class SwinStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Tensor[B, *S, C] -> Tensor[B, *S', C'] (halved H, W and doubled C when merging)."""
+        x = self.forward_blocks(x)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+    def forward_blocks(self, x: Tensor) -> Tensor:
+        """The stage's blocks without the merging after them: Tensor[B, *S, C] -> Tensor[B, *S, C]."""
         size = tuple(x.shape[1:-1])
         window, shift = fit_window(size, self.window_size, self.shift_size)
         mask = self.shift_mask(size, window, shift, x.device)  # (nW, N, N) or None
@@ -294,8 +330,6 @@ class SwinStage(nn.Module):
                 x = checkpoint(block, x, window, shift, mask, use_reentrant=False)
             else:
                 x = block(x, window, shift, mask)
-        if self.downsample is not None:
-            x = self.downsample(x)
         return x
 
 
@@ -326,6 +360,14 @@ class SwinTransformer(nn.Module):
             trained with, e.g. (8, 7, 7) when fine-tuning them with window
             (16, 14, 14); one window for all stages, or a list of one window
             (or None) per stage. None: coordinates are normalised by the window in use.
+        extra_norm_period: N > 0: a LayerNorm on the main branch after every N-th
+            block of each stage (counted from 1 within the stage); 0: none. The
+            Swin V2 paper (arXiv 2111.09883, "Model configurations") adds one "on the
+            main branch every 6 layers" to SwinV2-H and SwinV2-G for stability; Microsoft's
+            released code (models/swin_transformer_v2.py) stops at SwinV2-L and has
+            no such norm, so the placement (after the block, counted per stage)
+            follows timm's swin_transformer_v2_cr, ``extra_norm_period=6`` for its
+            huge and giant models.
     """
 
     def __init__(
@@ -350,6 +392,7 @@ class SwinTransformer(nn.Module):
         position_bias: str = "table",
         norm: str = "pre",
         pretrained_window_size: Sequence[int] | Sequence[Sequence[int] | None] | None = None,
+        extra_norm_period: int = 0,
     ) -> None:
         super().__init__()
         patch_size, window_size = tuple(patch_size), tuple(window_size)
@@ -360,6 +403,8 @@ class SwinTransformer(nn.Module):
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
         check_choice("norm", norm, NORMS)
+        if not isinstance(extra_norm_period, int) or extra_norm_period < 0:
+            raise ValueError(f"extra_norm_period must be an integer >= 0 (0: none), got {extra_norm_period!r}")
         if pretrained_window_size is not None and position_bias != "cpb":
             raise ValueError(
                 f"pretrained_window_size applies to position_bias='cpb' only, got position_bias={position_bias!r}"
@@ -370,7 +415,8 @@ class SwinTransformer(nn.Module):
         self.num_classes = num_classes
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm=patch_norm)
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        # On the CPU even when built under ``torch.device("meta")`` (counting parameters without memory).
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
             start = sum(depths[:i])
@@ -391,6 +437,7 @@ class SwinTransformer(nn.Module):
                     position_bias=position_bias,
                     norm=norm,
                     pretrained_window_size=stage_pretrained[i],
+                    extra_norm_period=extra_norm_period,
                 )
             )
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
@@ -421,6 +468,19 @@ class SwinTransformer(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)
+
+    # -- Hugging Face Hub (video_swin/hub.py; imported on use, so models need no huggingface_hub) --
+    def save_pretrained(self, directory: str, **kwargs: Any) -> Any:
+        """Writes config.json, model.safetensors and a model card: :func:`video_swin.hub.save_pretrained`."""
+        from ..hub import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Uploads the :meth:`save_pretrained` folder to a Hub repository: :func:`video_swin.hub.push_to_hub`."""
+        from ..hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     def check_input(self, x: Tensor) -> None:
         """Raises ValueError unless ``x`` is a float (B, C, T, H, W) clip or (B, C, H, W) image batch."""
@@ -453,6 +513,63 @@ class SwinTransformer(nn.Module):
         x = self.norm(x)
         return x.movedim(-1, 1)  # (B, C_last, *S')
 
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str | None = None,
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Per-stage features, with the arguments of timm's ``forward_intermediates``.
+
+        Stage i's feature is the output of its blocks, before the patch merging
+        that leads to stage i + 1: C * 2**i channels at H and W over
+        patch * 2**i, T over the temporal patch (time is never merged). These
+        are the maps of timm's Swin stages (which merge at their start) and of
+        the official detection/segmentation backbones (without their per-stage norms).
+
+        Args:
+            x: Tensor[B, C, T, H, W] (clips) or Tensor[B, C, H, W] (images).
+            indices: the stages to return: None all, an int n the last n, or a
+                sequence of indices (negative ones count from the end).
+            norm: apply the final LayerNorm to the last stage's feature (the
+                only stage it is sized for).
+            stop_early: run no stage after the last one asked for.
+            output_fmt: ``"NCTHW"``/``"NCHW"`` channels-first (the default, as
+                :meth:`forward_features`), or ``"NTHWC"``/``"NHWC"`` channels-last.
+            intermediates_only: return the list of features only.
+
+        Returns:
+            The features of the chosen stages in stage order, Tensor[B, C_i, *S_i]
+            (or channels-last), after ``(final, ...)`` unless ``intermediates_only``:
+            ``final`` is :meth:`forward_features`'s output when every stage ran,
+            else the last stage run, channels-first and without the final norm.
+        """
+        self.check_input(x)
+        stages = len(self.layers)
+        take = _stage_indices(stages, indices)
+        first, last = ("NCHW", "NHWC") if self.ndim == 2 else ("NCTHW", "NTHWC")
+        if output_fmt not in (None, first, last):
+            raise ValueError(f"output_fmt must be {first!r} or {last!r} for this model, got {output_fmt!r}")
+        channels_last = output_fmt == last
+        end = max(take) if stop_early else stages - 1
+        intermediates = []
+        x = self.pos_drop(self.patch_embed(x))  # (B, *S, C)
+        for i, stage in enumerate(self.layers[: end + 1]):
+            x = stage.forward_blocks(x)  # (B, *S_i, C_i)
+            if i in take:
+                feature = self.norm(x) if norm and i == stages - 1 else x
+                intermediates.append(feature if channels_last else feature.movedim(-1, 1))  # (B, C_i, *S_i)
+            if i < end:
+                x = stage.downsample(x)  # (B, *S_i+1, C_i+1)
+        if intermediates_only:
+            return intermediates
+        if end == stages - 1:
+            x = self.norm(x)
+        return x.movedim(-1, 1), intermediates  # (B, C_end, *S_end)
+
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """Average-pools channels-first features and applies the head: Tensor[B, num_classes]."""
         x = features.flatten(2).mean(-1)  # (B, C_last)
@@ -462,6 +579,20 @@ class SwinTransformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Tensor[B, C, T, H, W] or Tensor[B, C, H, W] -> logits Tensor[B, num_classes]."""
         return self.forward_head(self.forward_features(x))
+
+
+def _stage_indices(stages: int, indices: int | Sequence[int] | None) -> list[int]:
+    """timm's ``indices`` as stage numbers: None all, n the last n, else those listed (negative from the end)."""
+    if indices is None:
+        return list(range(stages))
+    if isinstance(indices, int):
+        if not 0 < indices <= stages:
+            raise ValueError(f"indices: the last {indices} stages asked for, the model has {stages}")
+        return list(range(stages - indices, stages))
+    taken = [i + stages if i < 0 else i for i in indices]
+    if not taken or any(not 0 <= i < stages for i in taken):
+        raise ValueError(f"indices {list(indices)}: expected stage numbers in [{-stages}, {stages - 1}]")
+    return taken
 
 
 def _stage_windows(

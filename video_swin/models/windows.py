@@ -129,12 +129,13 @@ def relative_position_index(window: Size, table_window: Size | None = None) -> T
         raise ValueError(f"window {window} exceeds the bias table's window {table_window}")
     axes = [torch.arange(w) for w in window]
     coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1)  # (n, N)
-    strides = torch.tensor([math.prod(2 * u - 1 for u in table_window[i + 1 :]) for i in range(len(window))])
+    stride_list = [math.prod(2 * u - 1 for u in table_window[i + 1 :]) for i in range(len(window))]
+    strides = torch.tensor(stride_list)
     # The row sum_i (rel_i + t_i - 1) * stride_i is linear in the coordinates, so
     # it is one difference of per-token sums: no (n, N, N) intermediate, which
     # for large windows (N = 3136 at (16, 14, 14)) would cost seconds and GBs.
     linear = (coords * strides[:, None]).sum(0)  # (N,)
-    offset = sum((t - 1) * int(s) for t, s in zip(table_window, strides))
+    offset = sum((t - 1) * s for t, s in zip(table_window, stride_list))  # plain ints: also builds on meta
     return linear[:, None] - linear[None, :] + offset  # (N, N)
 
 

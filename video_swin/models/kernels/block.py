@@ -48,8 +48,8 @@ class FastSwinBlock(SwinBlock):
         else:
             x = x + self.drop_path(self.branch(self.shifted_window_attention, self.norm1, x, window, shift, mask))
         if inference:  # the branch's output is a fresh tensor: add the residual in place
-            return self._mlp_branch(x).add_(x)
-        return x + self.drop_path(self._mlp_branch(x))
+            return self.norm3(self._mlp_branch(x).add_(x))
+        return self.norm3(x + self.drop_path(self._mlp_branch(x)))  # norm3: the main-branch norm, or Identity
 
     def _order(self, padded: Size, window: Size, shift: Size, device: torch.device) -> tuple[Tensor, Tensor]:
         key = (padded, window, shift, device)

@@ -21,6 +21,8 @@ or ``=aten`` forces the linear choice.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -112,7 +114,7 @@ def measure(reps: int = 5) -> CpuProfile:
     a, o = statistics.median(t_aten), statistics.median(t_onednn)
     flops = 2 * m * k * n
     mb, kb, nb = _BF16_SHAPE
-    xb, wb = torch.randn(mb, kb).bfloat16(), torch.randn(nb, kb).bfloat16()
+    xb, wb = torch.randn(mb, kb, generator=gen).bfloat16(), torch.randn(nb, kb, generator=gen).bfloat16()
     bf16 = lambda: F.linear(xb, wb)  # noqa: E731
     bf16()
     t_bf16 = _median_time(bf16, 3)
@@ -149,24 +151,45 @@ def cpu_profile(refresh: bool = False) -> CpuProfile:
     if _PROFILE is not None and not refresh and _PROFILE.threads == torch.get_num_threads():
         return _PROFILE
     path = _cache_file()
-    profile = None
-    if not refresh and path.exists():
-        try:
-            profile = CpuProfile(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            profile = None  # damaged or from another version: measure again
-    if profile is None:
-        profile = measure()
-        logger.info("CPU profile measured: %s", profile.describe())
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(asdict(profile), indent=1))
-            os.replace(tmp, path)
-        except OSError as exc:  # a read-only home costs half a second per process, nothing else
-            logger.debug("cannot store the CPU profile in %s: %s", path, exc)
+    # One process measures, the others of the machine wait and read its result: a timing
+    # choice made separately per process could differ between the processes of one run,
+    # whose results would then differ in the last bits.
+    with _locked(path.with_suffix(".lock")):
+        profile = None if refresh else _read(path)
+        if profile is None:
+            profile = measure()
+            logger.info("CPU profile measured: %s", profile.describe())
+            try:
+                tmp = path.with_suffix(f".tmp-{os.getpid()}")
+                tmp.write_text(json.dumps(asdict(profile), indent=1))
+                os.replace(tmp, path)
+            except OSError as exc:  # a read-only home costs half a second per process, nothing else
+                logger.debug("cannot store the CPU profile in %s: %s", path, exc)
     _PROFILE = profile
     return profile
+
+
+def _read(path: Path) -> CpuProfile | None:
+    try:
+        return CpuProfile(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):  # absent, damaged or from another version
+        return None
+
+
+@contextlib.contextmanager
+def _locked(lock: Path):
+    """An exclusive ``lockf`` on ``lock`` while the block runs; no lock where the folder is not writable."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def bf16_warning(profile: CpuProfile) -> str | None:

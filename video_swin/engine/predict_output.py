@@ -1,0 +1,95 @@
+"""Writing predictions as they come: a CSV or JSONL table, and each video's pooled features.
+
+Both writers take :class:`~video_swin.engine.predict.VideoPrediction` results
+one at a time, so a long run keeps nothing but the current batch in memory
+(except the single-file safetensors features, which are written at the end).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .predict import VideoPrediction
+
+TABLE_SUFFIXES = (".csv", ".jsonl")
+
+
+class PredictionTable:
+    """``--out FILE``: one row per video, CSV or JSON Lines by the file's extension.
+
+    CSV columns: ``path, error, class_1, probability_1, ..., class_K, probability_K``
+    (empty cells for a file that could not be read). JSONL: one
+    :meth:`VideoPrediction.to_dict` object a line.
+    """
+
+    def __init__(self, path: str | os.PathLike, top_k: int) -> None:
+        self.path = Path(path)
+        self.kind = self.path.suffix.lower()
+        if self.kind not in TABLE_SUFFIXES:
+            raise ConfigError(f"--out: expected a .csv or .jsonl file, got {str(path)!r}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._csv = None
+        if self.kind == ".csv":
+            self._csv = csv.writer(self._file)
+            ranks = range(1, top_k + 1)
+            self._csv.writerow(["path", "error", *[f"{c}_{i}" for i in ranks for c in ("class", "probability")]])
+
+    def write(self, r: VideoPrediction) -> None:
+        if self._csv is not None:
+            self._csv.writerow([r.path, r.error or "", *[v for name, p in r.top for v in (name, f"{p:.6f}")]])
+        else:
+            self._file.write(json.dumps(r.to_dict()) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class FeatureWriter:
+    """``--features DIR``: each video's pooled features, Tensor[C_last] float32 averaged over its views.
+
+    A folder gets one ``.npy`` per video, at the video's path relative to the
+    common folder of all the videos with ``.npy`` in place of its extension
+    (``a/b/clip.mp4`` -> ``DIR/a/b/clip.npy``); a path ending in
+    ``.safetensors`` gets one file whose keys are the videos' paths. Videos
+    that could not be read get no features.
+    """
+
+    def __init__(self, out: str | os.PathLike, videos: list[str]) -> None:
+        self.out = Path(out)
+        self.single = self.out.suffix == ".safetensors"
+        self._tensors: dict[str, torch.Tensor] = {}
+        parents = [os.path.dirname(os.path.abspath(v)) for v in videos]
+        self._base = os.path.commonpath(parents) if parents else os.getcwd()
+        (self.out.parent if self.single else self.out).mkdir(parents=True, exist_ok=True)
+
+    def file_for(self, video: str) -> Path:
+        relative = os.path.relpath(os.path.abspath(video), self._base)
+        return self.out / Path(relative).with_suffix(".npy")
+
+    def write(self, r: VideoPrediction) -> None:
+        if r.features is None:
+            return
+        if self.single:
+            self._tensors[r.path] = r.features.contiguous()
+            return
+        target = self.file_for(r.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, r.features.numpy())
+
+    def close(self) -> None:
+        if self.single and self._tensors:
+            from safetensors.torch import save_file
+
+            tmp = self.out.with_name(self.out.name + ".tmp")
+            save_file(self._tensors, tmp, metadata={"content": "pooled features averaged over views"})
+            os.replace(tmp, self.out)

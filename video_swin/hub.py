@@ -1,0 +1,244 @@
+"""The Hugging Face Hub: ``model.save_pretrained``, ``video_swin.from_pretrained``, ``model.push_to_hub``.
+
+A saved model is a folder (or a Hub repository) of three files:
+
+* ``config.json``: the preset name, every constructor argument, the class
+  names and, when known, the test-time settings (``eval``);
+* ``model.safetensors``: the state dict, our key names;
+* ``README.md``: a model card (huggingface_hub's :class:`~huggingface_hub.ModelCard`)
+  with the architecture, the classes, the training config and the final metrics
+  when the model comes from a training run (:func:`export_run`).
+
+Downloads, the Hub cache, tokens and uploads are huggingface_hub's
+(``hf_hub_download``, ``HfApi.upload_folder``); this module only decides what
+goes into the folder and rebuilds the model from it. ``HF_HUB_OFFLINE=1`` (or
+``VIDEO_SWIN_OFFLINE=1``) reads repositories from the local Hub cache only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
+
+from .errors import CheckpointError
+from .pretrained import offline
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+FORMAT = "video-swin-hub/1"
+
+
+def hub_config(model: Any, classes: Sequence[str] | None = None, eval: Mapping[str, Any] | None = None) -> dict:
+    """What ``config.json`` holds for ``model`` (built by :func:`video_swin.create_model`)."""
+    config = dict(getattr(model, "config", None) or {})
+    if "name" not in config:
+        raise CheckpointError("the model has no 'config' (preset name and arguments); build it with create_model")
+    name = config.pop("name")
+    classes = list(classes) if classes is not None else getattr(model, "classes", None)
+    return {"format": FORMAT, "library_name": "video-swin", "model_name": name, "model_args": config,
+            "classes": list(classes) if classes else None, "eval": dict(eval) if eval else None}
+
+
+def save_pretrained(
+    model: Any,
+    directory: str | os.PathLike,
+    *,
+    classes: Sequence[str] | None = None,
+    eval: Mapping[str, Any] | None = None,
+    training_config: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> Path:
+    """Writes ``config.json``, ``model.safetensors`` and a model card into ``directory``.
+
+    Args:
+        model: a model from :func:`video_swin.create_model`.
+        directory: created if needed; these three files are replaced.
+        classes: class names (default ``model.classes`` when set).
+        eval: test-time settings to record (clip length, views, crops, ...).
+        training_config: the training run's resolved config, shown in the card.
+        metrics: final metrics, shown in the card and its metadata.
+
+    Returns:
+        The folder.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    config = hub_config(model, classes, eval)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, out / WEIGHTS_NAME, metadata={"format": "pt"})
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    model_card(config, training_config, metrics).save(out / CARD_NAME)
+    return out
+
+
+def model_card(config: Mapping[str, Any], training_config: Mapping[str, Any] | None = None,
+               metrics: Mapping[str, Any] | None = None) -> ModelCard:
+    """The README of a saved model: metadata for the Hub, then architecture, classes, config, metrics."""
+    classes = config.get("classes") or []
+    args = config["model_args"]
+    meta = ["---", "library_name: video-swin", "pipeline_tag: video-classification",
+            "tags:", "- video-classification", "- video-swin", "---"]
+    lines = [f"# {config['model_name']} (video-swin)", "",
+             "A Video Swin Transformer saved by video-swin's `save_pretrained`. Load it with:", "", "```python", "import video_swin",
+             "model = video_swin.from_pretrained(\"<this folder or repo id>\")", "```", "",
+             "## Architecture", "", "| argument | value |", "|---|---|"]
+    lines += [f"| `{k}` | `{json.dumps(v)}` |" for k, v in sorted(args.items())]
+    lines += ["", f"## Classes ({len(classes) or args.get('num_classes')})", ""]
+    lines += [", ".join(f"`{c}`" for c in classes) if classes else "No class names were saved; outputs are indices."]
+    if config.get("eval"):
+        lines += ["", "## Test-time settings", "", "```json", json.dumps(config["eval"], indent=2), "```"]
+    if metrics:
+        lines += ["", "## Final metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    if training_config:
+        lines += ["", "## Training config", "", "```json", json.dumps(training_config, indent=2, default=str), "```"]
+    return ModelCard("\n".join(meta + [""] + lines) + "\n")
+
+
+def _is_repo_id(source: str) -> bool:
+    """``owner/name`` (or ``name``), not something that reads as a local path."""
+    return not source.startswith(("/", ".", "~")) and "\\" not in source and source.count("/") <= 1
+
+
+def _download(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None, token: str | bool | None
+              ) -> tuple[Path, Path]:
+    local_only = offline()
+    try:
+        files = [Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, token=token,
+                                      local_files_only=local_only)) for name in (CONFIG_NAME, WEIGHTS_NAME)]
+    except LocalEntryNotFoundError as e:
+        why = ("HF_HUB_OFFLINE or VIDEO_SWIN_OFFLINE is set, so only the local Hub cache is read"
+               if local_only else "the Hub could not be reached")
+        raise CheckpointError(f"{repo_id}: not in the local Hugging Face cache and {why}; download it once with "
+                              f"network access, or pass a folder written by save_pretrained") from e
+    except (RepositoryNotFoundError, EntryNotFoundError) as e:
+        raise CheckpointError(f"{repo_id}: no video-swin model there ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0]})") from e
+    return files[0], files[1]
+
+
+def from_pretrained(
+    source: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    **overrides: Any,
+) -> Any:
+    """The model saved by :func:`save_pretrained`, from a folder or a Hub repository id.
+
+    Args:
+        source: a local folder, or ``"owner/name"`` on the Hub (downloaded
+            into huggingface_hub's cache, or read from it when offline).
+        revision, cache_dir, token: passed to :func:`huggingface_hub.hf_hub_download`.
+        **overrides: constructor arguments to change (e.g. ``drop_path_rate``).
+
+    Returns:
+        The model in eval mode, ``model.classes`` set (or None) and
+        ``model.hub_config`` holding the whole ``config.json``.
+
+    Raises:
+        CheckpointError: not a saved model, offline without a cached copy, or
+            weights that do not fit the saved arguments.
+    """
+    from safetensors.torch import load_file
+
+    from .models import create_model
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+        absent = [p.name for p in (config_file, weights_file) if not p.is_file()]
+        if absent:
+            raise CheckpointError(f"{source}: not a folder written by save_pretrained (no {', '.join(absent)})")
+    elif _is_repo_id(str(source)):
+        config_file, weights_file = _download(str(source), revision, cache_dir, token)
+    else:
+        raise CheckpointError(f"{source}: no such folder (and not a Hub repository id 'owner/name')")
+    config = json.loads(config_file.read_text())
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{config_file}: not a video-swin config (format {config.get('format')!r})")
+    model = create_model(config["model_name"], **{**config["model_args"], **overrides})
+    try:
+        model.load_state_dict(load_file(weights_file), strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{weights_file}: does not fit {config['model_name']} with the saved arguments: "
+                              f"{str(e).splitlines()[0]}") from e
+    model.classes = config.get("classes")
+    model.hub_config = config
+    return model.eval()
+
+
+def push_to_hub(
+    model: Any,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload video-swin model",
+    **save_kwargs: Any,
+) -> str:
+    """Saves ``model`` as :func:`save_pretrained` does and uploads the folder to ``repo_id`` (created if absent).
+
+    Returns:
+        The URL of the commit.
+    """
+    if offline():
+        raise CheckpointError(f"cannot push to {repo_id}: HF_HUB_OFFLINE or VIDEO_SWIN_OFFLINE is set")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    with tempfile.TemporaryDirectory() as folder:
+        save_pretrained(model, folder, **save_kwargs)
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                                 repo_type="model")
+    return str(getattr(info, "commit_url", info))
+
+
+def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """``video-swin export-hub``: a training run's final weights as a :func:`save_pretrained` folder.
+
+    Reads ``RUN_DIR/model.safetensors`` and its sidecar (the model's arguments,
+    the class names, the resolved training config) and, when the final
+    evaluation ran, ``RUN_DIR/eval/metrics.json``; the card lists the config
+    and those metrics, and ``config.json`` records the run's test-time settings.
+
+    Raises:
+        CheckpointError: no final weights in the folder (an unfinished run).
+    """
+    from .checkpoints import load_model
+
+    run = Path(run_dir)
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{run}: no final weights (model.safetensors); has the run finished? "
+                              f"(a state under checkpoints/ is not a finished model)")
+    model, meta = load_model(weights)
+    cfg = meta.get("config") or {}
+    data, evaluation = cfg.get("data", {}), cfg.get("eval", {})
+    test = {k: data[k] for k in ("clip_len", "frame_interval", "crop_size", "test_short_side") if k in data}
+    if "views" in evaluation:
+        test["views"] = evaluation["views"]
+    metrics = None
+    metrics_file = run / "eval" / "metrics.json"
+    if metrics_file.is_file():
+        report = json.loads(metrics_file.read_text())
+        metrics = {k: report[k] for k in ("top1", "top5", "mean_class_accuracy", "num_videos", "views")
+                   if k in report}
+    if "step" in meta:
+        metrics = {**(metrics or {}), "step": meta["step"]}
+    return save_pretrained(model, out_dir, classes=meta.get("classes"), eval=test or None,
+                           training_config=cfg or None, metrics=metrics)
