@@ -77,7 +77,8 @@ def test_processes_starting_together_share_one_measurement(fresh):
     # last bits otherwise): one measures under a lock, the others read its result.
     import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(3) as pool:
+    # spawn, not fork: a forked child of a process whose OpenMP pool has run can hang in its first GEMM
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
         profiles = pool.map(_profile_in_child, range(3))
     assert profiles[0] == profiles[1] == profiles[2]
     assert len(list(machine._cache_file().parent.glob("*.json"))) == 1
