@@ -56,6 +56,7 @@ is then 1 (2 for a usage mistake).
 examples:
   video-swin predict --weights swin3d_t.k400 clips/ --out predictions.csv
   video-swin predict --weights runs/demo/model.safetensors data/demo/val --views 1x1 --features feats/
+  video-swin predict --weights swin3d_t.k400 clips/ --out p.csv --features f.safetensors --feature-stages all
   video-swin predict --weights k400.pth --config k400_swin_t.yaml --classes k400_classes.txt \\
       --views 4x3 --top-k 3 --json clip.mp4
 """
@@ -155,18 +156,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"{key}: file not found and not a registry name: {weights} (see video_swin.list_pretrained())")
     if args.classes is not None and not Path(args.classes).is_file():
         raise ConfigError(f"--classes: file not found: {args.classes}")
+    if args.feature_stages is not None and not args.features:
+        raise ConfigError("--feature-stages: needs --features DIR (where the features are written)")
     cfg = load_config(args.config) if args.config else None
     from .engine.predict import (
         find_videos,
         format_prediction,
         iter_predictions,
         load_predictor,
+        parse_feature_stages,
     )
     from .engine.predict_output import FeatureWriter, PredictionTable
 
     videos = find_videos(args.videos)
     table = PredictionTable(args.out, args.top_k) if args.out else None  # a wrong suffix fails before loading
+    if args.feature_stages is not None:
+        parse_feature_stages(args.feature_stages, 64)  # the wording, before loading; the model's stages below
     model, cfg, classes = load_predictor(weights, cfg=cfg, classes=args.classes)
+    stages = parse_feature_stages(args.feature_stages, len(model.layers))
     if classes is None:
         logging.getLogger(__name__).warning("%s carries no class names; showing class indices (--classes names them)",
                                             weights)
@@ -179,6 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         for r in iter_predictions(model, cfg, classes, videos, views=views, top_k=args.top_k,
                                   batch_size=args.batch_size, workers=args.workers, features=features is not None,
+                                  feature_stages=stages,
                                   progress=len(videos) > 1):
             if r.error is not None:
                 failed += 1
@@ -241,11 +249,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             raise ConfigError(f"--annotations: expected SPLIT=FILE, e.g. train=lists/train.txt, got {item!r}")
         lists[split] = file
     counts = prepare(args.src, args.out, short_side=args.short_side, keyframe_interval=args.keyframe_interval,
-                     jobs=args.jobs, reencode=not args.no_reencode, annotations=lists, timeout=args.timeout)
+                     jobs=args.jobs, reencode=not args.no_reencode, annotations=lists, timeout=args.timeout,
+                     shards=args.shards, shard_size=args.shard_size)
     out = args.out if not args.no_reencode else args.src
     print(f"{counts['prepared']} videos ready, {counts['broken']} broken (listed in {args.out}/broken.csv); "
           f"train with data.root={out} data.train_annotations={args.out}/train.csv "
           f"data.val_annotations={args.out}/val.csv")
+    if args.shards:
+        print(f"{counts['shards']} shards in {args.out}/shards; stream them with "
+              f"data.shards='{args.out}/shards/{{split}}-*.tar'")
     return 0
 
 
@@ -408,6 +420,12 @@ def build_parser() -> ArgumentParser:
     predict.add_argument("--features", metavar="DIR",
                          help="save each video's pooled features (averaged over views): DIR/<video>.npy, "
                               "or one file if DIR ends in .safetensors (keys: the video paths)")
+    predict.add_argument("--feature-stages", metavar="STAGES", default=None,
+                         help="with --features, also save per-stage features: each stage's map "
+                              "(forward_intermediates, before the final norm) average-pooled over T,H,W "
+                              "and averaged over views, Tensor[C_stage]: DIR/<video>.stage<i>.npy, or keys "
+                              "'<video path>#stage<i>' in the .safetensors file. STAGES: all, last, none "
+                              "(default) or stage numbers such as 0,1,2,3")
     predict.add_argument("--batch-size", type=int, default=None,
                          help="videos per forward (default: eval.batch_size of the config)")
     predict.add_argument("--workers", type=int, default=None,
@@ -458,6 +476,10 @@ def build_parser() -> ArgumentParser:
                       help="annotation files instead of the layouts found in SRC: Kinetics CSVs or mmaction lists")
     prep.add_argument("--timeout", type=float, default=600.0,
                       help="seconds one video may take before it is listed as broken (default: 600)")
+    prep.add_argument("--shards", action="store_true",
+                      help="also write WebDataset tar shards of every split to OUT/shards (for data.shards)")
+    prep.add_argument("--shard-size", type=int, default=256, metavar="N",
+                      help="videos per shard with --shards (default: 256)")
 
     export = command("export", cmd_export, "export a model for deployment: ONNX or torch.export (.pt2)",
                      value_errors=True, description=EXPORT_DESCRIPTION, formatter_class=raw)

@@ -93,6 +93,11 @@ class DataConfig:
     # freed (SharedRingCollate); 0: torch's default collate (a new segment per batch).
     shm_slots: int = 4
     generate_demo: bool = False  # write the demo dataset to `root` if it is missing
+    # WebDataset shards instead of files (`video-swin prepare --shards`): a pattern whose
+    # {split} becomes train or val, brace-expanded, e.g. /data/k400/shards/{split}-{000000..000936}.tar;
+    # local paths and globs, pipe: commands, http(s)/gs/hf URLs, fsspec URLs such as s3://...
+    shards: str | None = None
+    shuffle_buffer: int = 64  # raw (undecoded) shard samples each loader worker shuffles among
 
 
 @dataclass
@@ -411,7 +416,7 @@ def validate(cfg: Config) -> None:
                 "train.max_nonfinite_steps", "data.decode_timeout"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
-    for key in ("data.num_workers", "data.shm_slots", "optim.weight_decay", "sched.warmup_epochs", "sched.min_lr",
+    for key in ("data.num_workers", "data.shm_slots", "data.shuffle_buffer", "optim.weight_decay", "sched.warmup_epochs", "sched.min_lr",
                 "eval.every_epochs", "optim.backbone_lr_mult", "model.drop_path_rate", "model.head_dropout"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name), allow_zero=True)
@@ -422,6 +427,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be in [0, 1], got {value!r}")
     if cfg.data.crop_size > cfg.data.train_short_side:
         raise ConfigError(f"data.crop_size: {cfg.data.crop_size} exceeds data.train_short_side {cfg.data.train_short_side}")
+    if cfg.data.shards is not None and (cfg.data.pipeline != "native" or "{split}" not in cfg.data.shards):
+        raise ConfigError("data.shards: needs data.pipeline: native and a pattern holding {split} "
+                          f"(e.g. /data/shards/{{split}}-{{000000..000099}}.tar), got {cfg.data.shards!r}")
     if cfg.data.rand_augment is not None and len(cfg.data.rand_augment) != 2:
         raise ConfigError(f"data.rand_augment: expected [n, m], got {cfg.data.rand_augment!r}")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
@@ -444,12 +452,12 @@ def check_paths(cfg: Config, *, evaluation: bool = False) -> None:
     (the validation annotations and the class file; no pretrained weights).
     """
     files = {"data.classes": cfg.data.classes}
-    if evaluation:
+    if evaluation and not cfg.data.shards:
         files["data.val_annotations"] = cfg.data.val_annotations
     else:
         files.update({"model.pretrained_image": cfg.model.pretrained_image,
                       "model.pretrained_video": cfg.model.pretrained_video})
-        if not cfg.data.generate_demo:
+        if not cfg.data.generate_demo and not cfg.data.shards:  # shards hold the labels themselves
             files.update({"data.train_annotations": cfg.data.train_annotations,
                           "data.val_annotations": cfg.data.val_annotations})
     for key, value in files.items():

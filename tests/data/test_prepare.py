@@ -170,6 +170,13 @@ def test_cli(kinetics_src, tmp_path):
                            "--short-side", "64", "--jobs", "2"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "4 videos ready, 2 broken" in done.stdout and "data.root=" in done.stdout
+    sharded = subprocess.run([sys.executable, "-m", "video_swin.cli", "prepare", str(kinetics_src), str(tmp_path / "o"),
+                              "--short-side", "64", "--jobs", "2", "--shards", "--shard-size", "1"],
+                             capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert sharded.returncode == 0, sharded.stderr[-2000:]
+    assert "4 shards in" in sharded.stdout and "data.shards=" in sharded.stdout
+    assert sorted(p.name for p in (tmp_path / "o" / "shards").iterdir()) == [
+        "train-000000.tar", "train-000001.tar", "train.json", "val-000000.tar", "val-000001.tar", "val.json"]
     bad = subprocess.run([sys.executable, "-m", "video_swin.cli", "prepare", str(tmp_path / "nothing"), str(tmp_path / "o2")],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "not a folder" in bad.stderr

@@ -11,7 +11,12 @@ from safetensors.torch import load_file
 from video_swin.cli import main
 from video_swin.config import Views
 from video_swin.engine.build import build_test_dataset
-from video_swin.engine.predict import find_videos, load_predictor, predict_videos
+from video_swin.engine.predict import (
+    find_videos,
+    load_predictor,
+    parse_feature_stages,
+    predict_videos,
+)
 
 
 def demo_val(root):
@@ -101,3 +106,71 @@ def test_cli_usage_mistakes(tiny_checkpoint, tiny_data, tmp_path, capsys):
         assert main(["predict", *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_stage_features_are_forward_intermediates_pooled_and_view_averaged(tiny_checkpoint, tiny_data):
+    path, _ = tiny_checkpoint
+    model, cfg, classes = load_predictor(path)
+    videos = demo_val(tiny_data)[:3]
+    stages = parse_feature_stages("all", len(model.layers))
+    assert stages == [0, 1]  # the tiny model has two stages
+    results = predict_videos(model, cfg, classes, videos, views="2x1", batch_size=2, workers=0, features=True,
+                             feature_stages=stages)
+    for video, r in zip(videos, results):
+        sample = build_test_dataset(cfg, classes, Views(2, 1), videos=[video])[0]["video"]  # (2 views, 3, T, S, S)
+        with torch.no_grad():
+            final, maps = model.forward_intermediates(sample)
+        assert sorted(r.stage_features) == [0, 1]
+        for i, m in enumerate(maps):  # (V, C_i, T_i, H_i, W_i) -> (C_i,)
+            expected = m.flatten(2).mean(-1).mean(0)
+            assert r.stage_features[i].shape == (8 * 2**i,)
+            torch.testing.assert_close(r.stage_features[i], expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(r.features, model.forward_head(final, pre_logits=True).mean(0), rtol=1e-4,
+                                   atol=1e-5)
+    unordered = predict_videos(model, cfg, classes, videos[:1], views="2x1", workers=0, features=True,
+                               feature_stages=[-1, 0])[0].stage_features  # any order, negative from the end
+    assert sorted(unordered) == [0, 1]
+    for i in (0, 1):
+        torch.testing.assert_close(unordered[i], results[0].stage_features[i])
+    plain = predict_videos(model, cfg, classes, videos, views="2x1", batch_size=2, workers=0, features=True)
+    for a, b in zip(plain, results):  # the same scores and pooled features either way
+        assert a.stage_features is None and a.top[0][0] == b.top[0][0]
+        torch.testing.assert_close(a.features, b.features)
+
+
+def test_parse_feature_stages():
+    assert parse_feature_stages(None, 4) is None and parse_feature_stages("none", 4) is None
+    assert parse_feature_stages("all", 4) == [0, 1, 2, 3] and parse_feature_stages("last", 4) == [3]
+    assert parse_feature_stages("3,0,-1", 4) == [0, 3]
+    for bad, message in (("4", "stage 4 does not exist"), ("first", "expected all, last"), ("1,,2", "expected")):
+        with pytest.raises(ValueError, match=message):
+            parse_feature_stages(bad, 4)
+
+
+def test_cli_feature_stages_npy_and_safetensors(tiny_checkpoint, tiny_data, tmp_path, capsys):
+    path, _ = tiny_checkpoint
+    val = demo_val(tiny_data)[:4]
+    model, cfg, classes = load_predictor(path)
+    api = {r.path: r for r in predict_videos(model, cfg, classes, val, views="1x1", workers=0, features=True,
+                                             feature_stages=[0, 1])}
+    args = ["predict", "--weights", str(path), "--views", "1x1", "--workers", "0", "--out", str(tmp_path / "p.csv")]
+    assert main([*args, "--features", str(tmp_path / "feats"), "--feature-stages", "all", *val]) == 0
+    names = sorted(p.name for p in (tmp_path / "feats").rglob("*.npy"))
+    stems = sorted(p.rsplit("/", 1)[1][:-4] for p in val)
+    assert names == sorted(f"{s}{suffix}" for s in stems for suffix in (".npy", ".stage0.npy", ".stage1.npy"))
+    for video in val:
+        folder = tmp_path / "feats" / video.split("/")[-2]
+        stem = video.rsplit("/", 1)[1][:-4]
+        for i in (0, 1):
+            saved = np.load(folder / f"{stem}.stage{i}.npy")
+            assert saved.shape == (8 * 2**i,) and saved.dtype == np.float32
+            np.testing.assert_allclose(saved, api[video].stage_features[i].numpy(), rtol=1e-4, atol=1e-5)
+    assert main([*args, "--features", str(tmp_path / "f.safetensors"), "--feature-stages", "last", *val]) == 0
+    tensors = load_file(tmp_path / "f.safetensors")
+    assert sorted(tensors) == sorted([*val, *[f"{v}#stage1" for v in val]])
+    for video in val:
+        torch.testing.assert_close(tensors[f"{video}#stage1"], api[video].stage_features[1], rtol=1e-4, atol=1e-5)
+    for extra, message in ((["--feature-stages", "all"], "--feature-stages: needs --features"),
+                           (["--features", str(tmp_path / "g"), "--feature-stages", "2"], "stage 2 does not exist")):
+        assert main(["predict", "--weights", str(path), *extra, val[0]]) == 2
+        assert message in capsys.readouterr().err

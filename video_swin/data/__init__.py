@@ -12,6 +12,7 @@ from .decoder_base import DecodeError, Decoder
 from .decoders import get_decoder
 from .demo import DEMO_CLASSES, ensure_demo_data, make_demo_data
 from .pipeline import build_video_dataset
+from .shards import ShardDataset, ShardError, ShardLoader, ShardSet
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, clips_to_float
 
 __all__ = [
@@ -23,6 +24,10 @@ __all__ = [
     "DecodeError",
     "DecodeFailure",
     "Decoder",
+    "ShardDataset",
+    "ShardError",
+    "ShardLoader",
+    "ShardSet",
     "SharedRingCollate",
     "TooManyBrokenVideos",
     "VideoDataset",

@@ -40,6 +40,35 @@ def _clip_indices(
     return eval_clip_indices(num_frames, clip_len, frame_interval, num_clips).reshape(-1)
 
 
+def read_views(
+    decoder: Decoder,
+    path: str | Path,
+    transform: ClipTransform,
+    *,
+    train: bool,
+    clip_len: int,
+    frame_interval: int,
+    num_clips: int,
+    sample_seed: Sequence[int] | None,
+) -> torch.Tensor:
+    """Decodes the clips of one video and applies the spatial recipe: ``Tensor[V, 3, T, S, S]``.
+
+    The one place a sample's frames are chosen and transformed, shared by
+    :class:`VideoDataset` and the shard reader (:mod:`.shards`), so both give
+    the same clips for the same video and seed. In training, ``sample_seed``
+    = [seed, epoch, requested index, attempt] seeds the clip position
+    (``sample_seed + [0]``) and the spatial augmentation (``sample_seed + [1]``);
+    in val/test it is None and the ``num_clips`` clips are evenly spaced.
+    """
+    seed = None if sample_seed is None else tuple(sample_seed)
+    # A picklable selector, so that an isolated decoder can run it in its helper process.
+    select = functools.partial(_clip_indices, train, clip_len, frame_interval, num_clips, seed)
+    frames, _ = decoder.read(path, select)  # (C*T, H, W, 3)
+    clips = frames.view(num_clips, clip_len, *frames.shape[1:])  # (C, T, H, W, 3)
+    rng = np.random.default_rng([*seed, 1]) if train else None
+    return transform(clips, rng)  # (V, 3, T, S, S)
+
+
 class VideoDataset(Dataset):
     """Kinetics-style video classification dataset, following the official Video Swin recipe.
 
@@ -218,20 +247,11 @@ class VideoDataset(Dataset):
         return self._sample(index, self._zero_video()[0], valid=False, failures=failures)
 
     def _load(self, index: int, sample_seed: list[int] | None) -> torch.Tensor:
-        """Decodes and transforms video ``index``: ``Tensor[V, 3, T, S, S]``.
-
-        In training, ``sample_seed`` = [seed, epoch, requested index, attempt]
-        seeds the clip position (``sample_seed + [0]``) and the spatial
-        augmentation (``sample_seed + [1]``).
-        """
-        num_clips, clip_len = (1, self.clip_len) if self.mode == "train" else (self.num_clips, self.clip_len)
-        # A picklable selector, so that an isolated decoder can run it in its helper process.
-        select = functools.partial(_clip_indices, self.mode == "train", clip_len, self.frame_interval, num_clips,
-                                   None if sample_seed is None else tuple(sample_seed))
-        frames, _ = self.decoder.read(self.records[index].path, select)  # (C*T, H, W, 3)
-        clips = frames.view(num_clips, clip_len, *frames.shape[1:])  # (C, T, H, W, 3)
-        rng = np.random.default_rng([*sample_seed, 1]) if self.mode == "train" else None
-        return self.transform(clips, rng)  # (V, 3, T, S, S)
+        """Decodes and transforms video ``index``: ``Tensor[V, 3, T, S, S]`` (see :func:`read_views`)."""
+        num_clips = 1 if self.mode == "train" else self.num_clips
+        return read_views(self.decoder, self.records[index].path, self.transform, train=self.mode == "train",
+                          clip_len=self.clip_len, frame_interval=self.frame_interval, num_clips=num_clips,
+                          sample_seed=sample_seed)
 
     def _zero_video(self) -> torch.Tensor:
         """What a video that could not be decoded comes back as: ``Tensor[V, 3, T, S, S]`` of zeros."""

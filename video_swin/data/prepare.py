@@ -17,7 +17,11 @@ every file is H.264 with a keyframe every few frames. This module:
    frame index beside it (``<video>.index.npz``);
 3. writes ``OUT/{split}.csv`` in the official Kinetics columns (what the
    training configs read: ``data.root: OUT``), and ``OUT/broken.csv`` (path,
-   reason) for the files it could not read.
+   reason) for the files it could not read;
+4. with ``--shards``, also writes WebDataset tar shards of every split,
+   ``OUT/shards/{split}-%06d.tar`` (``--shard-size`` videos each, shuffled
+   once with a fixed seed) and their manifest ``OUT/shards/{split}.json``
+   (:mod:`~video_swin.data.shards`; what ``data.shards`` reads).
 
 A worker that crashes (FFmpeg is native code) or hangs past ``--timeout``
 costs its file (listed as broken), not the run. Finished files are journaled
@@ -49,6 +53,7 @@ from tqdm.auto import tqdm
 from ..errors import AnnotationError, DecodeError
 from .annotations import read_annotations
 from .frame_index import FrameIndex, build_frame_index, get_frame_index, save_sidecar
+from .shards import DEFAULT_SHARD_SIZE, write_shards
 
 logger = logging.getLogger(__name__)
 
@@ -283,13 +288,20 @@ def prepare(
     reencode: bool = True,
     annotations: dict[str, str] | None = None,
     timeout: float = 600.0,
+    shards: bool = False,
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> dict[str, int]:
-    """Prepares ``src`` into ``out`` (see the module's docstring); returns counts per outcome."""
+    """Prepares ``src`` into ``out`` (see the module's docstring); returns counts per outcome.
+
+    With ``shards``, the counts also hold ``shards``: the number of shard files written or kept.
+    """
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise AnnotationError(f"{src}: not a folder")
     if short_side < 2 or keyframe_interval < 1:
         raise ValueError("--short-side must be >= 2 and --keyframe-interval >= 1")
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
     splits = find_splits(src, annotations)
     all_jobs, missing = plan_jobs(src, out if reencode else src, splits)
     journal_file = out / ".prepare" / "journal.jsonl"
@@ -312,7 +324,27 @@ def prepare(
                     done[_key(entry)] = entry
         finally:
             pool.close()
-    return _write_tables(out, [done[_key(job)] for job in all_jobs], missing, splits)
+    entries = [done[_key(job)] for job in all_jobs]
+    counts = _write_tables(out, entries, missing, splits)
+    if shards:
+        counts["shards"] = _write_all_shards(src, out, entries, splits, settings, shard_size)
+    return counts
+
+
+def _write_all_shards(src: Path, out: Path, entries: list[dict], splits: dict, settings: dict,
+                      shard_size: int) -> int:
+    """The shards of every split (see :func:`~video_swin.data.shards.write_shards`); returns how many."""
+    reencode = settings["reencode"]
+    root = out if reencode else src
+    total = 0
+    for split in splits:
+        rows = [{**e, "path": e["dst"] if reencode else e["src"]}
+                for e in entries if e["split"] == split and not e["broken"]]
+        manifest = write_shards(out / "shards", split, rows, root=root, shard_size=shard_size, settings=settings)
+        logger.info("%s: %d videos in %d shards under %s", split, manifest["total"], manifest["num_shards"],
+                    out / "shards")
+        total += manifest["num_shards"]
+    return total
 
 
 def _key(job: Job | dict) -> str:

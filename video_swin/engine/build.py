@@ -20,6 +20,7 @@ from ..config import Config, Views
 from ..data import ClipTransform, SharedRingCollate, build_video_dataset, class_names
 from ..data.annotations import read_class_file
 from ..data.collate import collate
+from ..data.shards import ShardDataset, ShardLoader, ShardSet
 from ..errors import CheckpointError, ConfigError, TrainingError  # noqa: F401  (re-exported)
 from ..models import create_model
 from ..models.kernels import accelerate_cpu
@@ -119,7 +120,8 @@ def _clip_transform(cfg: Config, mode: str, num_crops: int = 1) -> ClipTransform
 
 
 def build_test_dataset(
-    cfg: Config, classes: Sequence[str], views: Views | None = None, *, videos: Sequence[str] | None = None
+    cfg: Config, classes: Sequence[str], views: Views | None = None, *, videos: Sequence[str] | None = None,
+    process_index: int = 0, num_processes: int = 1, shards: ShardSet | None = None,
 ) -> Any:
     """The multi-view test set: ``views`` (default ``eval.views``) per video.
 
@@ -129,8 +131,14 @@ def build_test_dataset(
         views: clips x crops (default ``eval.views``).
         videos: score these files (unlabelled, in the native pipeline, no
             failure fatal) instead of ``data.val_annotations``.
+        process_index, num_processes: this process and how many there are
+            (with ``data.shards``, each process streams its own part of the val shards).
+        shards: the val shards when already found (else found from ``data.shards``).
     """
     clips, crops = views or cfg.eval.parsed_views
+    if cfg.data.shards and videos is None:
+        return _shard_dataset(cfg, shards or "val", "test", classes, _clip_transform(cfg, "test", crops), num_clips=clips,
+                              rank=process_index, world=num_processes)
     args = _common_data_args(cfg, list(classes))
     annotations: Any = cfg.data.val_annotations
     root: str | None = cfg.data.root
@@ -141,9 +149,52 @@ def build_test_dataset(
                                transform=_clip_transform(cfg, "test", crops), **args)
 
 
-def build_datasets(cfg: Config) -> tuple[Any, Any, Any]:
-    """Training set, single-view validation set and the multi-view test set."""
+def _shard_dataset(cfg: Config, shards: ShardSet | str, mode: str, classes: Sequence[str],
+                   transform: ClipTransform, *, num_clips: int = 1, rank: int, world: int) -> ShardDataset:
+    """A :class:`~video_swin.data.shards.ShardDataset` of ``shards`` (or of that split of ``data.shards``)."""
+    d, train = cfg.data, mode == "train"
+    return ShardDataset(
+        ShardSet.find(d.shards, shards) if isinstance(shards, str) else shards, mode, transform, classes, clip_len=d.clip_len,
+        frame_interval=d.frame_interval, num_clips=num_clips, decoder=d.decoder, decode_timeout=d.decode_timeout,
+        seed=cfg.seed, rank=rank, world=world, batch_size=cfg.train.batch_size if train else cfg.eval.batch_size,
+        grad_accum=cfg.train.grad_accum_steps if train else 1, shuffle_buffer=d.shuffle_buffer if train else 0,
+        max_bad_fraction=d.max_bad_fraction,
+    )  # fmt: skip
+
+
+def shard_classes(cfg: Config, train: ShardSet | None = None) -> list[str]:
+    """The class list of a run from shards: ``data.classes``, else the sorted labels of the train shards
+    (``train`` when already found; the val shards where there are none)."""
+    if cfg.data.classes:
+        return read_class_file(cfg.data.classes)
+    if train is not None:
+        return sorted({r.label for r in train.records})
+    for split in ("train", "val"):
+        try:
+            return sorted({r.label for r in ShardSet.find(cfg.data.shards, split).records})
+        except Exception as e:  # no train shards: evaluating on val alone
+            if split == "val":
+                raise
+            log.warning("no train shards (%s); taking the class list from the val shards", e)
+    raise AssertionError("unreachable")
+
+
+def build_datasets(cfg: Config, process_index: int = 0, num_processes: int = 1) -> tuple[Any, Any, Any]:
+    """Training set, single-view validation set and the multi-view test set.
+
+    With ``data.shards`` they stream the shards (each process its own part;
+    :mod:`~video_swin.data.shards`), else they read the annotated files.
+    """
     d = cfg.data
+    if d.shards:
+        found = {split: ShardSet.find(d.shards, split) for split in ("train", "val")}  # once: may be a pass
+        classes = shard_classes(cfg, found["train"])
+        where = {"rank": process_index, "world": num_processes}
+        train = _shard_dataset(cfg, found["train"], "train", classes, _clip_transform(cfg, "train"), **where)
+        val = _shard_dataset(cfg, found["val"], "val", classes, _clip_transform(cfg, "val"), **where)
+        test = build_test_dataset(cfg, classes, process_index=process_index, num_processes=num_processes,
+                                  shards=found["val"])
+        return train, val, test
     common = _common_data_args(cfg, d.classes)
     train = build_video_dataset(d.train_annotations, d.root, mode="train", transform=_clip_transform(cfg, "train"),
                                 **common)
@@ -152,13 +203,18 @@ def build_datasets(cfg: Config) -> tuple[Any, Any, Any]:
     return train, val, build_test_dataset(cfg, train.classes)
 
 
-def eval_loader(ds: Any, cfg: Config) -> DataLoader:
-    """The loader of a validation or test set (``eval.batch_size`` videos per process and batch)."""
+def eval_loader(ds: Any, cfg: Config, device: torch.device | str | None = None) -> DataLoader | ShardLoader:
+    """The loader of a validation or test set (``eval.batch_size`` videos per process and batch).
+
+    A :class:`~video_swin.data.shards.ShardDataset` gets a :class:`~video_swin.data.shards.ShardLoader`
+    that moves batches to ``device``; it must not go through ``accelerator.prepare`` (see there).
+    """
     # Worker seeds come from this generator, not the global RNG, so that an
     # evaluation in the middle of training leaves the model's RNG stream alone.
-    return DataLoader(ds, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
-                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed),
-                      collate_fn=collate_fn(cfg))
+    loader = DataLoader(ds, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                        pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed),
+                        collate_fn=collate_fn(cfg))
+    return ShardLoader(loader, device) if isinstance(ds, ShardDataset) else loader
 
 
 def collate_fn(cfg: Config) -> Callable[[Sequence[Any]], Any]:
@@ -219,6 +275,8 @@ def config_classes(cfg: Config) -> list[str]:
     for Kinetics both give the sorted label names.
     """
     d = cfg.data
+    if d.shards:
+        return shard_classes(cfg)
     if d.classes:
         return read_class_file(d.classes)
     if Path(d.train_annotations).exists():

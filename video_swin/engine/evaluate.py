@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, Views, parse_views
 from ..data import BrokenVideoLog, clips_to_float
+from ..data.shards import ShardLoader
 from .build import (
     build_test_dataset,
     checkpoint_classes,
@@ -75,7 +76,9 @@ def predict_dataset(
 ) -> VideoScores:
     """Scores every video of a prepared loader; results gathered on every process.
 
-    Samples may be repeated by the distributed sampler's padding; they are
+    Samples may be repeated by the distributed sampler's padding (or a shard
+    loader's: every process yields the same number of batches, so the
+    gathers below never wait on a process that has finished); they are
     counted once by video index. More broken videos than the loader's dataset
     allows (its ``max_bad_fraction``) raise ``TooManyBrokenVideos`` here, in
     the main process, whether or not DataLoader workers met them.
@@ -244,7 +247,8 @@ def evaluate_checkpoint(
     views: Views | str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Evaluates a checkpoint on ``cfg.data.val_annotations`` with multi-view testing.
+    """Evaluates a checkpoint on ``cfg.data.val_annotations`` (or the val shards of ``data.shards``)
+    with multi-view testing.
 
     The config defines the model, as in training (``cfg.model``; pretrained
     files are not read); the checkpoint supplies every weight, head included:
@@ -274,10 +278,15 @@ def evaluate_checkpoint(
         raise ConfigError(f"model.num_classes: {cfg.model.num_classes}, but the class list has {len(classes)} names")
     model = model_from_config(cfg, len(classes))
     load_trained_weights(model, checkpoint)
-    dataset = build_test_dataset(cfg, classes, views)
     accelerator = make_accelerator(cfg)
+    dataset = build_test_dataset(cfg, classes, views, process_index=accelerator.process_index,
+                                 num_processes=accelerator.num_processes)
     for_device(model, accelerator.device)
-    model, loader = accelerator.prepare(model, eval_loader(dataset, cfg))
+    loader = eval_loader(dataset, cfg, accelerator.device)
+    if isinstance(loader, ShardLoader):  # never prepared: each process streams its own shards (see ShardLoader)
+        model = accelerator.prepare(model)
+    else:
+        model, loader = accelerator.prepare(model, loader)
     return run_evaluation(
         model, loader, dataset, accelerator, out_dir, classes=classes, views=str(views),
         max_views=cfg.eval.max_views_per_forward, average=cfg.eval.average,

@@ -52,12 +52,16 @@ class VideoPrediction:
         error: None, or the reason the file could not be decoded.
         features: with ``features=True``: the pooled backbone features averaged
             over the views, Tensor[C_last] float32 on the CPU; else None.
+        stage_features: with ``feature_stages``: ``{stage i: Tensor[C_i]}``, stage i's
+            map of :meth:`~video_swin.models.SwinTransformer.forward_intermediates`
+            average-pooled over T, H, W and averaged over the views (float32, CPU); else None.
     """
 
     path: str
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
     features: torch.Tensor | None = field(default=None, repr=False)
+    stage_features: dict[int, torch.Tensor] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {"path": self.path, "top": [{"class": c, "probability": p} for c, p in self.top], "error": self.error}
@@ -164,31 +168,73 @@ def load_predictor(
     return model.eval(), cfg, list(names) if names else None
 
 
+def parse_feature_stages(text: str | None, num_stages: int) -> list[int] | None:
+    """``--feature-stages``: ``none`` (None), ``all``, ``last``, or stage numbers ``0,1,2,3`` (negative from the end).
+
+    Returns:
+        The sorted distinct stage numbers in ``[0, num_stages)``, or None for ``none``/None.
+
+    Raises:
+        ConfigError: anything else, or a stage the model does not have.
+    """
+    if text is None or text.strip().lower() in ("", "none"):
+        return None
+    word = text.strip().lower()
+    if word == "all":
+        return list(range(num_stages))
+    if word == "last":
+        return [num_stages - 1]
+    try:
+        given = [int(part) for part in word.split(",")]
+    except ValueError:
+        raise ConfigError(f"--feature-stages: expected all, last, none or stage numbers like 0,2,3; got {text!r}"
+                          ) from None
+    bad = [i for i in given if not -num_stages <= i < num_stages]
+    if bad:
+        raise ConfigError(f"--feature-stages: stage {bad[0]} does not exist; the model has stages "
+                          f"0..{num_stages - 1}")
+    return sorted({i % num_stages for i in given})
+
+
 def default_workers() -> int:
     """DataLoader worker processes: one per CPU, at most 4 (decoding short clips needs few)."""
     return min(4, os.cpu_count() or 1)
 
 
-def _score_and_pool(model: nn.Module, videos: torch.Tensor, max_views: int, average: str
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class scores and pooled features of multi-view samples.
+def _score_and_pool(model: nn.Module, videos: torch.Tensor, max_views: int, average: str,
+                    stages: Sequence[int] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
+    """Class scores, pooled features and (optionally) pooled per-stage features of multi-view samples.
 
     The same scores as :func:`~video_swin.engine.evaluate.score_views`, with the
-    pooled features of the same forward.
+    pooled features of the same forward. With ``stages``, that forward is
+    :meth:`~video_swin.models.SwinTransformer.forward_intermediates` (the same
+    blocks; its final output is :meth:`forward_features`'s), and each listed
+    stage's map is average-pooled over T, H, W.
 
     Args:
         videos: Tensor[B, V, 3, T, H, W].
+        stages: stage numbers (ascending) whose pooled maps to return, or None.
 
     Returns:
-        ``(scores Tensor[B, K], features Tensor[B, C_last])``, float32, averaged over the V views.
+        ``(scores Tensor[B, K], features Tensor[B, C_last], [Tensor[B, C_i] per stage] or None)``,
+        float32, averaged over the V views.
     """
     b, v = videos.shape[:2]
     flat = videos.flatten(0, 1)  # (B*V, 3, T, H, W)
-    pooled = torch.cat([model.forward_head(model.forward_features(chunk), pre_logits=True)
-                        for chunk in flat.split(max_views)]).float()  # (B*V, C_last)
+    pooled, per_stage = [], []
+    for chunk in flat.split(max_views):
+        if stages:
+            final, maps = model.forward_intermediates(chunk, indices=list(stages))  # maps: (n, C_i, T_i, H_i, W_i)
+            per_stage.append([m.flatten(2).mean(-1) for m in maps])  # [(n, C_i)]
+        else:
+            final = model.forward_features(chunk)
+        pooled.append(model.forward_head(final, pre_logits=True))  # (n, C_last)
+    pooled = torch.cat(pooled).float()  # (B*V, C_last)
     logits = model.head(pooled).float()  # (B*V, K); the head's dropout is off in eval
     per_view = logits.softmax(-1) if average == "prob" else logits
-    return per_view.view(b, v, -1).mean(1), pooled.view(b, v, -1).mean(1)  # (B, K), (B, C_last)
+    stage_means = [torch.cat(parts).float().view(b, v, -1).mean(1) for parts in zip(*per_stage)] if stages else None
+    return per_view.view(b, v, -1).mean(1), pooled.view(b, v, -1).mean(1), stage_means  # (B, K), (B, C), [(B, C_i)]
 
 
 @torch.inference_mode()
@@ -204,6 +250,7 @@ def iter_predictions(
     batch_size: int | None = None,
     workers: int | None = None,
     features: bool = False,
+    feature_stages: Sequence[int] | None = None,
     progress: bool = False,
 ) -> Iterator[VideoPrediction]:
     """Top-k classes of each file, with probabilities, in input order, as the batches come.
@@ -221,6 +268,8 @@ def iter_predictions(
         workers: DataLoader worker processes decoding ahead (default
             :func:`default_workers`; 0 decodes in this process).
         features: also return each video's pooled features (``VideoPrediction.features``).
+        feature_stages: also return these stages' pooled maps
+            (``VideoPrediction.stage_features``; see :func:`parse_feature_stages`).
         progress: a progress bar on stderr (only when it is a terminal).
 
     Yields:
@@ -234,6 +283,8 @@ def iter_predictions(
     names = list(classes) if classes else [str(i) for i in range(model.head.out_features)]
     paths = [str(p) for p in paths]
     workers = default_workers() if workers is None else workers
+    if feature_stages is not None:  # stage order, as forward_intermediates returns them
+        feature_stages = sorted({i % len(model.layers) for i in feature_stages}) or None
     dataset = build_test_dataset(cfg, names, views, videos=paths)
     loader = DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, num_workers=min(workers, len(paths)),
                         collate_fn=collate, pin_memory=device.type == "cuda")
@@ -245,17 +296,21 @@ def iter_predictions(
             reasons = iter(batch["failures"])  # in test mode: one record per invalid sample, in order
             if valid.any():
                 videos = clips_to_float(batch["video"][valid].to(device, non_blocking=True))  # (B', V, 3, T, S, S)
-                scores, pooled = _score_and_pool(model, videos, cfg.eval.max_views_per_forward, cfg.eval.average)
+                scores, pooled, stage_means = _score_and_pool(model, videos, cfg.eval.max_views_per_forward,
+                                                              cfg.eval.average, feature_stages)
                 probs = (scores if cfg.eval.average == "prob" else scores.softmax(-1)).cpu()  # (B', K)
                 top = probs.topk(k)
                 pooled = pooled.cpu()
+                stage_means = [s.cpu() for s in stage_means] if stage_means else None
             row = 0
             for index, ok in zip(batch["index"].tolist(), valid.tolist()):
                 if not ok:
                     yield VideoPrediction(paths[index], error=next(reasons).reason)
                     continue
                 ranked = [(names[j], float(p)) for p, j in zip(top.values[row], top.indices[row].tolist())]
-                yield VideoPrediction(paths[index], ranked, features=pooled[row].clone() if features else None)
+                stage = {i: s[row].clone() for i, s in zip(feature_stages, stage_means)} if stage_means else None
+                yield VideoPrediction(paths[index], ranked, features=pooled[row].clone() if features else None,
+                                      stage_features=stage)
                 row += 1
             bar.update(len(valid))
 

@@ -1,4 +1,4 @@
-"""Writing predictions as they come: a CSV or JSONL table, and each video's pooled features.
+"""Writing predictions as they come: a CSV or JSONL table, and each video's pooled (and per-stage) features.
 
 Both writers take :class:`~video_swin.engine.predict.VideoPrediction` results
 one at a time, so a long run keeps nothing but the current batch in memory
@@ -54,6 +54,11 @@ class PredictionTable:
         self._file.close()
 
 
+def stage_key(video: str, stage: int) -> str:
+    """The safetensors key of a video's stage-``stage`` features: ``"<video path>#stage<i>"``."""
+    return f"{video}#stage{stage}"
+
+
 class FeatureWriter:
     """``--features DIR``: each video's pooled features, Tensor[C_last] float32 averaged over its views.
 
@@ -62,6 +67,13 @@ class FeatureWriter:
     (``a/b/clip.mp4`` -> ``DIR/a/b/clip.npy``); a path ending in
     ``.safetensors`` gets one file whose keys are the videos' paths. Videos
     that could not be read get no features.
+
+    Per-stage features (``--feature-stages``, :attr:`VideoPrediction.stage_features`:
+    stage i's map average-pooled over T, H, W, Tensor[C_i]) go beside them:
+    ``DIR/a/b/clip.stage<i>.npy``, or the key ``"<video path>#stage<i>"`` in the
+    single file. Stage i is the output of its blocks before the final norm
+    (:meth:`~video_swin.models.SwinTransformer.forward_intermediates`), so the
+    last stage's features differ from the pooled ones, which are normed.
     """
 
     def __init__(self, out: str | os.PathLike, videos: list[str]) -> None:
@@ -79,17 +91,23 @@ class FeatureWriter:
     def write(self, r: VideoPrediction) -> None:
         if r.features is None:
             return
+        stages = r.stage_features or {}
         if self.single:
             self._tensors[r.path] = r.features.contiguous()
+            self._tensors.update({stage_key(r.path, i): t.contiguous() for i, t in stages.items()})
             return
         target = self.file_for(r.path)
         target.parent.mkdir(parents=True, exist_ok=True)
         np.save(target, r.features.numpy())
+        for i, t in stages.items():
+            np.save(target.with_suffix(f".stage{i}.npy"), t.numpy())
 
     def close(self) -> None:
         if self.single and self._tensors:
             from safetensors.torch import save_file
 
             tmp = self.out.with_name(self.out.name + ".tmp")
-            save_file(self._tensors, tmp, metadata={"content": "pooled features averaged over views"})
+            save_file(self._tensors, tmp, metadata={
+                "content": "pooled features averaged over views; '<path>#stage<i>': stage i's map of "
+                           "forward_intermediates (before the final norm) average-pooled over T, H, W"})
             os.replace(tmp, self.out)

@@ -34,6 +34,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..checkpoints import save_checkpoint
 from ..config import Config, to_dict
 from ..data import BrokenVideoLog, clips_to_float, ensure_demo_data
+from ..data.shards import ShardDataset, ShardLoader
 from ..errors import Preempted, ResumeError, TrainingError
 from . import state as states
 from .build import (
@@ -70,12 +71,15 @@ class EpochSampler(Sampler[int]):
         return self.num_samples
 
 
-def _train_loader(ds: Any, cfg: Config) -> DataLoader:
+def _train_loader(ds: Any, cfg: Config, device: torch.device | str | None = None) -> DataLoader | ShardLoader:
+    """The training loader: shuffled by :class:`EpochSampler`; a :class:`ShardLoader` (on ``device``) for shards."""
     kwargs: dict[str, Any] = dict(batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
                                   pin_memory=torch.cuda.is_available(), drop_last=True, collate_fn=collate_fn(cfg))
     # Iterator seeds come from this generator, not the global RNG, so that
     # creating a loader mid-run (resume) leaves the model's RNG stream alone.
     kwargs["generator"] = torch.Generator().manual_seed(cfg.seed)
+    if isinstance(ds, ShardDataset):  # whole batches per worker by construction; order, resume: see .data.shards
+        return ShardLoader(DataLoader(ds, **kwargs), device)
     if not isinstance(ds, IterableDataset):
         kwargs["sampler"] = EpochSampler(len(ds), cfg.seed)
     return DataLoader(ds, **kwargs)
@@ -134,13 +138,14 @@ class Run:
     test_ds: Any
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    train_loader: DataLoader
-    val_loader: DataLoader
-    test_loader: DataLoader
+    train_loader: DataLoader | ShardLoader
+    val_loader: DataLoader | ShardLoader
+    test_loader: DataLoader | ShardLoader
     schedule: Schedule
     metrics_log: MetricsLog
-    # what a resumable state saves besides model, optimizer and RNG
-    counters: dict[str, int] = field(
+    # what a resumable state saves besides model, optimizer and RNG (with shards also
+    # "data_shards": the world size, workers, batch size and shard set a mid-epoch resume needs)
+    counters: dict[str, Any] = field(
         default_factory=lambda: {"step": 0, "epoch": 0, "batches_in_epoch": 0, "nonfinite_steps": 0}
     )
 
@@ -244,7 +249,7 @@ def _build_run(cfg: Config, accelerator: Accelerator) -> Run:
         d = cfg.data
         on_main(accelerator, lambda: ensure_demo_data(d.root, seed=cfg.seed,
                                                       annotations=(d.train_annotations, d.val_annotations)))
-    train_ds, val_ds, test_ds = build_datasets(cfg)
+    train_ds, val_ds, test_ds = build_datasets(cfg, accelerator.process_index, accelerator.num_processes)
     classes = list(train_ds.classes)
     num_classes = cfg.model.num_classes or len(classes)
     if main:
@@ -259,18 +264,35 @@ def _build_run(cfg: Config, accelerator: Accelerator) -> Run:
         model = shard_model(model, accelerator.device, accelerator.num_processes, cfg.train.mixed_precision)
     o = cfg.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, o.backbone_lr_mult, tuple(o.betas), o.eps)
-    loaders = (_train_loader(train_ds, cfg), eval_loader(val_ds, cfg), eval_loader(test_ds, cfg))
-    if fsdp:  # accelerate would wrap a sharded model in DDP (see .sharding): it prepares the loaders only
-        train_loader, val_loader, test_loader = accelerator.prepare(*loaders)
+    if isinstance(train_ds, ShardDataset):
+        # Not prepared: accelerate's prepare_data_loader wraps an IterableDataset in IterableDatasetShard,
+        # which makes every process read every shard and keep its share of each batch. The shard datasets
+        # split the shards between the processes themselves; ShardLoader moves the batches to the device.
+        device = accelerator.device
+        train_loader, val_loader, test_loader = (_train_loader(train_ds, cfg, device), eval_loader(val_ds, cfg, device),
+                                                 eval_loader(test_ds, cfg, device))  # fmt: skip
+        if not fsdp:
+            model, optimizer = accelerator.prepare(model, optimizer)
     else:
-        model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(model, optimizer, *loaders)
-    return Run(cfg, accelerator, out, classes, num_classes, train_ds, test_ds, model, optimizer, train_loader,
-               val_loader, test_loader, Schedule.of(cfg, len(train_loader)), MetricsLog(out / "metrics.jsonl", main))
+        loaders = (_train_loader(train_ds, cfg), eval_loader(val_ds, cfg), eval_loader(test_ds, cfg))
+        if fsdp:  # accelerate would wrap a sharded model in DDP (see .sharding): it prepares the loaders only
+            train_loader, val_loader, test_loader = accelerator.prepare(*loaders)
+        else:
+            model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(model, optimizer, *loaders)
+    run = Run(cfg, accelerator, out, classes, num_classes, train_ds, test_ds, model, optimizer, train_loader,
+              val_loader, test_loader, Schedule.of(cfg, len(train_loader)), MetricsLog(out / "metrics.jsonl", main))
+    if isinstance(train_loader, ShardLoader):  # what a mid-epoch resume must find unchanged
+        run.counters["data_shards"] = train_loader.resume_info()
+    return run
 
 
 def _restore(run: Run, folder: Path) -> None:
     """Model, optimizer, RNG and counters from a complete state; the metrics rows after it are dropped."""
     run.counters = states.load_state(run.accelerator, folder, shards=run.shards)
+    if isinstance(run.train_loader, ShardLoader):
+        if run.counters["batches_in_epoch"]:  # in the middle of an epoch: the same split of the shards, or refuse
+            run.train_loader.check_resume(run.counters.get("data_shards"))
+        run.counters["data_shards"] = run.train_loader.resume_info()
     run.metrics_log.truncate_after(run.counters["step"])
     run.accelerator.print(f"resumed from {folder} at step {run.counters['step']}")
 
@@ -333,7 +355,9 @@ def _train_epoch(run: Run, epoch: int, broken: BrokenVideoLog, bar: tqdm, stats:
     if hasattr(run.train_loader, "set_epoch"):
         run.train_loader.set_epoch(epoch)
     loader = run.train_loader
-    if counters["batches_in_epoch"]:
+    if counters["batches_in_epoch"] and isinstance(loader, ShardLoader):  # the shards' own resume: nothing decoded
+        loader = loader.resume_at(counters["batches_in_epoch"])
+    elif counters["batches_in_epoch"]:
         loader = accelerator.skip_first_batches(run.train_loader, counters["batches_in_epoch"])
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
