@@ -114,6 +114,13 @@ class TrainConfig:
     keep_last: int = 2
     log_every_steps: int = 10
     max_nonfinite_steps: int = 5  # consecutive skipped steps before the run stops
+    # torch intra-op (OpenMP) threads of each training/evaluation process on CPU: "auto" or a
+    # count. auto = max(1, cores - data.num_workers) on CPU-only runs (cores: this process's
+    # share of the CPUs it may use), so that the model's threads and the loader workers do
+    # not oversubscribe the cores (measured: docs/BENCHMARKS.md, "Training loop and threads");
+    # GPU runs keep torch's default. float32 CPU results can differ in the last bits between
+    # thread counts; runs with the same config on the same machine get the same count.
+    threads: str = "auto"
 
 
 @dataclass
@@ -416,6 +423,8 @@ def validate(cfg: Config) -> None:
                 "train.max_nonfinite_steps", "data.decode_timeout"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
+    if cfg.train.threads != "auto" and not (cfg.train.threads.isdigit() and int(cfg.train.threads) > 0):
+        raise ConfigError(f"train.threads: expected auto or a count > 0, got {cfg.train.threads!r}")
     for key in ("data.num_workers", "data.shm_slots", "data.shuffle_buffer", "optim.weight_decay", "sched.warmup_epochs", "sched.min_lr",
                 "eval.every_epochs", "optim.backbone_lr_mult", "model.drop_path_rate", "model.head_dropout"):
         section, name = key.split(".")

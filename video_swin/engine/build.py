@@ -70,6 +70,38 @@ def _elastic_init_method() -> str | None:
     return f"{_ATTEMPT_SCHEME}://"
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity), shared by the processes launched on this node."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def torch_threads(setting: str, cores: int, workers: int, *, cpu: bool) -> int | None:
+    """The intra-op thread count of ``train.threads`` (None: leave torch's default).
+
+    ``auto`` on a CPU run: ``max(1, cores - workers)``, the cores the loader
+    workers leave free; more threads than free cores spin-wait on each other
+    while the workers decode (docs/BENCHMARKS.md, "Training loop and threads").
+    ``auto`` on a GPU run: None. A count: that count, anywhere.
+    """
+    if setting != "auto":
+        return int(setting)
+    return max(1, cores - workers) if cpu else None
+
+
+def set_torch_threads(cfg: Config, cpu: bool, workers: int | None = None) -> int:
+    """Applies :func:`torch_threads` for this process (``workers`` default ``data.num_workers``); returns the count."""
+    workers = cfg.data.num_workers if workers is None else workers
+    cores = usable_cores()
+    threads = torch_threads(cfg.train.threads, cores, workers, cpu=cpu)
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
     """An Accelerator whose processes form one group, also on machines without a GPU.
 
@@ -86,6 +118,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
         project_dir=cfg.output_dir,
         kwargs_handlers=[InitProcessGroupKwargs(init_method=init_method)] if init_method else None,
     )
+    threads = set_torch_threads(cfg, cpu=accelerator.device.type == "cpu")
+    accelerator.print(f"torch threads: {threads} ({usable_cores()} cores, {cfg.data.num_workers} loader workers)")
     if accelerator.device.type == "cpu" and cfg.train.mixed_precision == "bf16":
         from ..models.kernels.machine import bf16_warning, cpu_profile  # noqa: PLC0415
 
