@@ -118,8 +118,9 @@ class TrainConfig:
     # count. auto = max(1, cores - data.num_workers) on CPU-only runs (cores: this process's
     # share of the CPUs it may use), so that the model's threads and the loader workers do
     # not oversubscribe the cores (measured: docs/BENCHMARKS.md, "Training loop and threads");
-    # GPU runs keep torch's default. float32 CPU results can differ in the last bits between
-    # thread counts; runs with the same config on the same machine get the same count.
+    # GPU runs, and runs where OMP_NUM_THREADS is set (accelerate launch, torchrun), keep
+    # torch's count. float32 CPU results can differ in the last bits between thread counts;
+    # runs with the same config on the same machine get the same count.
     threads: str = "auto"
 
 

@@ -79,24 +79,26 @@ def usable_cores() -> int:
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
-def torch_threads(setting: str, cores: int, workers: int, *, cpu: bool) -> int | None:
-    """The intra-op thread count of ``train.threads`` (None: leave torch's default).
+def torch_threads(setting: str, cores: int, workers: int, *, cpu: bool, omp_env: str | None = None) -> int | None:
+    """The intra-op thread count of ``train.threads`` (None: leave torch's count as it is).
 
     ``auto`` on a CPU run: ``max(1, cores - workers)``, the cores the loader
     workers leave free; more threads than free cores spin-wait on each other
     while the workers decode (docs/BENCHMARKS.md, "Training loop and threads").
-    ``auto`` on a GPU run: None. A count: that count, anywhere.
+    ``auto`` on a GPU run, or where ``OMP_NUM_THREADS`` is set (``omp_env``:
+    by the user, ``accelerate launch`` or torchrun, and torch follows it): None.
+    A count: that count, anywhere.
     """
     if setting != "auto":
         return int(setting)
-    return max(1, cores - workers) if cpu else None
+    return max(1, cores - workers) if cpu and not omp_env else None
 
 
 def set_torch_threads(cfg: Config, cpu: bool, workers: int | None = None) -> int:
     """Applies :func:`torch_threads` for this process (``workers`` default ``data.num_workers``); returns the count."""
     workers = cfg.data.num_workers if workers is None else workers
     cores = usable_cores()
-    threads = torch_threads(cfg.train.threads, cores, workers, cpu=cpu)
+    threads = torch_threads(cfg.train.threads, cores, workers, cpu=cpu, omp_env=os.environ.get("OMP_NUM_THREADS"))
     if threads is not None and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return torch.get_num_threads()
@@ -119,7 +121,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
         kwargs_handlers=[InitProcessGroupKwargs(init_method=init_method)] if init_method else None,
     )
     threads = set_torch_threads(cfg, cpu=accelerator.device.type == "cpu")
-    accelerator.print(f"torch threads: {threads} ({usable_cores()} cores, {cfg.data.num_workers} loader workers)")
+    omp = os.environ.get("OMP_NUM_THREADS") if cfg.train.threads == "auto" else None
+    accelerator.print(f"torch threads: {threads} ({usable_cores()} cores, {cfg.data.num_workers} loader workers"
+                      f"{', OMP_NUM_THREADS=' + omp if omp else ''})")
     if accelerator.device.type == "cpu" and cfg.train.mixed_precision == "bf16":
         from ..models.kernels.machine import bf16_warning, cpu_profile  # noqa: PLC0415
 

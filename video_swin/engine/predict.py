@@ -37,6 +37,7 @@ from .build import (
     for_device,
     load_trained_weights,
     model_from_config,
+    set_torch_threads,
 )
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,9 @@ def iter_predictions(
         batch_size: videos per forward (default ``eval.batch_size``); their
             views go through the model ``eval.max_views_per_forward`` at a time.
         workers: DataLoader worker processes decoding ahead (default
-            :func:`default_workers`; 0 decodes in this process).
+            :func:`default_workers`; 0 decodes in this process). On CPU,
+            torch's thread count of this process is then set by
+            ``cfg.train.threads`` (:func:`~.build.set_torch_threads`).
         features: also return each video's pooled features (``VideoPrediction.features``).
         feature_stages: also return these stages' pooled maps
             (``VideoPrediction.stage_features``; see :func:`parse_feature_stages`).
@@ -283,6 +286,7 @@ def iter_predictions(
     names = list(classes) if classes else [str(i) for i in range(model.head.out_features)]
     paths = [str(p) for p in paths]
     workers = default_workers() if workers is None else workers
+    set_torch_threads(cfg, cpu=device.type == "cpu", workers=min(workers, len(paths)))  # train.threads' rule
     if feature_stages is not None:  # stage order, as forward_intermediates returns them
         feature_stages = sorted({i % len(model.layers) for i in feature_stages}) or None
     dataset = build_test_dataset(cfg, names, views, videos=paths)

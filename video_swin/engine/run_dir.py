@@ -45,7 +45,7 @@ LOCK_FILE = ".lock"
 SAFE_CHANGES = (
     "output_dir", "data.num_workers", "data.shm_slots", "data.decode_timeout", "data.max_bad_fraction",
     "data.generate_demo", "train.log_every_steps", "train.save_every_steps", "train.keep_last",
-    "train.max_nonfinite_steps", "model.pretrained_image", "model.pretrained_video", "eval",
+    "train.max_nonfinite_steps", "train.threads", "model.pretrained_image", "model.pretrained_video", "eval",
 )  # fmt: skip
 # Written beside the config by the trainer, compared like config keys.
 RUN_KEYS = ("world_size",)
