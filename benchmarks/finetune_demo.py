@@ -59,21 +59,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from video_swin.models.kernels.machine import cpu_model
+
 PAIRS = {"move_x": ("moving right", "moving left"), "move_y": ("moving down", "moving up"),
          "rotate": ("rotating clockwise", "rotating counterclockwise"), "zoom": ("zooming in", "zooming out"),
          "fade": ("fading in", "fading out")}  # video_swin.data.demo's pairs
 # lines of a run's output echoed here: the load report, per-epoch validation, the final evaluation
 ECHO = ("loaded ", "layout:", "loaded:", "skipped:", "missing:", "unexpected:", "epoch ", "final ", "top-1", "top1")
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def load_average() -> str:

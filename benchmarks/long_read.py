@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -24,11 +23,12 @@ import numpy as np
 from video_swin.data import get_decoder
 from video_swin.data.decoders import DecordDecoder, torchcodec_available
 from video_swin.data.sampling import eval_clip_indices
+from video_swin.models.kernels.machine import cpu_model
 
 
 def write_long(path: Path, seconds: int, fps: int = 30, width: int = 640, height: int = 360) -> None:
     """A moving noise texture, written in chunks of one second so memory stays small."""
-    import av  # noqa: PLC0415
+    import av
 
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (height + 64, width + 64, 3), dtype=np.uint8)
@@ -41,15 +41,6 @@ def write_long(path: Path, seconds: int, fps: int = 30, width: int = 640, height
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
