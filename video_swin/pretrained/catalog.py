@@ -64,7 +64,8 @@ class PretrainedWeights:
         name: ``MODEL.TAG``, e.g. ``"swin3d_t.k400"``.
         model: the preset the file fits (:func:`video_swin.list_models`).
         file: the publisher's file name, also the name in the cache and under a mirror.
-        url: where the publisher serves it.
+        url: where the publisher serves it; a URL ending in ``/`` is the folder
+            that holds ``file`` (the entry's URL is then that folder + ``file``).
         layout: what :func:`video_swin.checkpoints.detect_layout` must find in it
             (``official_video``: mmaction ``backbone.*``/``cls_head.*``;
             ``torchvision_video``; ``ours``: the official Microsoft 2D names).
@@ -92,6 +93,10 @@ class PretrainedWeights:
     accuracy: dict[str, Any] | None = None
     notes: str = ""
 
+    def __post_init__(self) -> None:
+        if self.url.endswith("/"):  # the publisher's folder: the file name is not written twice
+            object.__setattr__(self, "url", self.url + self.file)
+
     @property
     def tag(self) -> str:
         return self.name.split(".", 1)[1]
@@ -106,34 +111,34 @@ _ENTRIES = [
     # --- official Video Swin (mmaction layout) -----------------------------------------------
     PretrainedWeights(
         "swin3d_t.k400", "swin3d_t", "swin_tiny_patch244_window877_kinetics400_1k.pth",
-        VST_BASE + "swin_tiny_patch244_window877_kinetics400_1k.pth", "official_video", 400, "kinetics400",
+        VST_BASE, "official_video", 400, "kinetics400",
         None, "[VST] Kinetics 400 table, row Swin-T / ImageNet-1K", eval=_VST_KINETICS_EVAL,
         accuracy={"dataset": "Kinetics-400 val", "acc@1": 78.8, "acc@5": 93.6}),
     PretrainedWeights(
         "swin3d_s.k400", "swin3d_s", "swin_small_patch244_window877_kinetics400_1k.pth",
-        VST_BASE + "swin_small_patch244_window877_kinetics400_1k.pth", "official_video", 400, "kinetics400",
+        VST_BASE, "official_video", 400, "kinetics400",
         None, "[VST] Kinetics 400 table, row Swin-S / ImageNet-1K", eval=_VST_KINETICS_EVAL,
         accuracy={"dataset": "Kinetics-400 val", "acc@1": 80.6, "acc@5": 94.5}),
     PretrainedWeights(
         "swin3d_b.k400", "swin3d_b", "swin_base_patch244_window877_kinetics400_1k.pth",
-        VST_BASE + "swin_base_patch244_window877_kinetics400_1k.pth", "official_video", 400, "kinetics400",
+        VST_BASE, "official_video", 400, "kinetics400",
         None, "[VST] Kinetics 400 table, row Swin-B / ImageNet-1K", eval=_VST_KINETICS_EVAL,
         accuracy={"dataset": "Kinetics-400 val", "acc@1": 80.6, "acc@5": 94.6}),
     PretrainedWeights(
         "swin3d_b.k400_in22k", "swin3d_b", "swin_base_patch244_window877_kinetics400_22k.pth",
-        VST_BASE + "swin_base_patch244_window877_kinetics400_22k.pth", "official_video", 400, "kinetics400",
+        VST_BASE, "official_video", 400, "kinetics400",
         None, "[VST] Kinetics 400 table, row Swin-B / ImageNet-22K", eval=_VST_KINETICS_EVAL,
         accuracy={"dataset": "Kinetics-400 val", "acc@1": 82.7, "acc@5": 95.5}),
     PretrainedWeights(
         "swin3d_b.k600_in22k", "swin3d_b", "swin_base_patch244_window877_kinetics600_22k.pth",
-        VST_BASE + "swin_base_patch244_window877_kinetics600_22k.pth", "official_video", 600, "kinetics600",
+        VST_BASE, "official_video", 600, "kinetics600",
         None, "[VST] Kinetics 600 table, row Swin-B / ImageNet-22K; its config inherits the K400-22K test_pipeline",
         eval=_VST_KINETICS_EVAL, accuracy={"dataset": "Kinetics-600 val", "acc@1": 84.0, "acc@5": 96.5},
         notes="class order: mmaction2 tools/data/kinetics/label_map_k600.txt (sorted names), the order mmaction2's "
               "Kinetics file lists index labels in"),
     PretrainedWeights(
         "swin3d_b.ssv2", "swin3d_b", "swin_base_patch244_window1677_sthv2.pth",
-        VST_BASE + "swin_base_patch244_window1677_sthv2.pth", "official_video", 174, "something_something_v2",
+        VST_BASE, "official_video", 174, "something_something_v2",
         None, "[VST] Something-Something V2 table, row Swin-B / Kinetics 400; config swin_base_patch244_window1677_sthv2.py",
         model_args={"window_size": (16, 7, 7)},
         # test_pipeline: SampleFrames(clip_len=32, frame_interval=2, num_clips=1, frame_uniform=True):
@@ -146,22 +151,22 @@ _ENTRIES = [
               "was not available to check"),
     # --- torchvision ports of the same models (features.* layout) --------------------------------
     PretrainedWeights(
-        "swin3d_t.tv_k400", "swin3d_t", "swin3d_t-7615ae03.pth", TV_BASE + "swin3d_t-7615ae03.pth",
+        "swin3d_t.tv_k400", "swin3d_t", "swin3d_t-7615ae03.pth", TV_BASE,
         "torchvision_video", 400, "kinetics400", _tv_hash("swin3d_t-7615ae03.pth"),
         "[TV] Swin3D_T_Weights.KINETICS400_V1 (ported from [VST])", eval=_TV_EVAL,
         accuracy={"dataset": "Kinetics-400 val", "acc@1": 77.715, "acc@5": 93.519}),
     PretrainedWeights(
-        "swin3d_s.tv_k400", "swin3d_s", "swin3d_s-da41c237.pth", TV_BASE + "swin3d_s-da41c237.pth",
+        "swin3d_s.tv_k400", "swin3d_s", "swin3d_s-da41c237.pth", TV_BASE,
         "torchvision_video", 400, "kinetics400", _tv_hash("swin3d_s-da41c237.pth"),
         "[TV] Swin3D_S_Weights.KINETICS400_V1 (ported from [VST])", eval=_TV_EVAL,
         accuracy={"dataset": "Kinetics-400 val", "acc@1": 79.521, "acc@5": 94.158}),
     PretrainedWeights(
-        "swin3d_b.tv_k400", "swin3d_b", "swin3d_b_1k-24f7c7c6.pth", TV_BASE + "swin3d_b_1k-24f7c7c6.pth",
+        "swin3d_b.tv_k400", "swin3d_b", "swin3d_b_1k-24f7c7c6.pth", TV_BASE,
         "torchvision_video", 400, "kinetics400", _tv_hash("swin3d_b_1k-24f7c7c6.pth"),
         "[TV] Swin3D_B_Weights.KINETICS400_V1 (ported from [VST])", eval=_TV_EVAL,
         accuracy={"dataset": "Kinetics-400 val", "acc@1": 79.427, "acc@5": 94.386}),
     PretrainedWeights(
-        "swin3d_b.tv_k400_in22k", "swin3d_b", "swin3d_b_22k-7c6ae6fa.pth", TV_BASE + "swin3d_b_22k-7c6ae6fa.pth",
+        "swin3d_b.tv_k400_in22k", "swin3d_b", "swin3d_b_22k-7c6ae6fa.pth", TV_BASE,
         "torchvision_video", 400, "kinetics400", _tv_hash("swin3d_b_22k-7c6ae6fa.pth"),
         "[TV] Swin3D_B_Weights.KINETICS400_IMAGENET22K_V1 (ported from [VST])", eval=_TV_EVAL,
         accuracy={"dataset": "Kinetics-400 val", "acc@1": 81.643, "acc@5": 95.574}),
@@ -190,7 +195,7 @@ _IMAGE = [
 ]  # fmt: skip
 for _name, _file, _base, _n, _size, _acc, _args in _IMAGE:
     _ENTRIES.append(PretrainedWeights(
-        _name, _name.split(".")[0], _file, _base + _file, "ours", _n, None, None,
+        _name, _name.split(".")[0], _file, _base, "ours", _n, None, None,
         f"[MS] MODELHUB.md, row of {_file}", model_args=_args, eval=_ms_eval(_size),
         accuracy={"dataset": "ImageNet-1K val", "acc@1": _acc[0], "acc@5": _acc[1]} if _acc else None,
         notes="ImageNet class names are not shipped" + ("" if _acc else "; no accuracy published for this file"),
