@@ -18,7 +18,6 @@ from .annotations import build_classes, read_annotations, resolve_labels
 from .broken import FAILURES, DecodeFailure, TooManyBrokenVideos, too_many
 from .decoder_base import DecodeError, Decoder
 from .decoders import get_decoder
-from .isolated import isolate
 from .sampling import eval_clip_indices, train_clip_indices
 from .transforms import ClipTransform, dataset_transform
 
@@ -181,10 +180,7 @@ class VideoDataset(Dataset):
         self.crop_size = self.transform.crop_size
         self.seed, self.epoch = seed, 0
         self.max_bad_fraction, self.max_attempts = max_bad_fraction, max_attempts
-        if isinstance(decoder, Decoder):
-            self.decoder = isolate(decoder, decode_timeout)
-        else:
-            self.decoder = get_decoder(decoder, num_threads=decoder_threads, timeout=decode_timeout)
+        self.decoder = get_decoder(decoder, num_threads=decoder_threads, timeout=decode_timeout)
         self._bad: dict[str, str] = {}
 
     def __len__(self) -> int:

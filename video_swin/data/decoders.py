@@ -405,15 +405,16 @@ class TorchCodecDecoder(Backend):
         return frames.contiguous()
 
 
-def get_decoder(name: str = "decord", *, num_threads: int = 1, timeout: float | None = None) -> Decoder:
-    """Builds a decoder by name: "decord", "pyav", "torchcodec" or "auto".
+def get_decoder(name: str | Decoder = "decord", *, num_threads: int = 1, timeout: float | None = None) -> Decoder:
+    """Builds a decoder by name: "decord", "pyav", "torchcodec" or "auto" (a Decoder is taken as it is).
 
     Every name gives exact frames: the named backend reads the files it is exact
     for and PyAV the others (see the module's docstring).
 
     Args:
         name: The preferred backend; "auto" picks per file the fastest installed one
-            that is exact for it.
+            that is exact for it. A :class:`Decoder` instance is used as it is
+            (behind the helper process when ``timeout`` is set).
         num_threads: Decoding threads per video.
         timeout: Seconds per video; decode in a helper process that a crash or
             hang cannot take down with it (:class:`~video_swin.data.isolated.IsolatedDecoder`).
@@ -426,6 +427,8 @@ def get_decoder(name: str = "decord", *, num_threads: int = 1, timeout: float | 
         ValueError: Unknown name.
         ImportError: "torchcodec" was named and cannot be imported.
     """
+    if isinstance(name, Decoder):
+        return isolate(name, timeout)
     if timeout is not None:
         return isolate(get_decoder(name, num_threads=num_threads), timeout)
     if name not in DECODER_NAMES:

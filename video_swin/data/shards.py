@@ -68,7 +68,6 @@ from .dataset import read_views  # VideoDataset's sampling and transform, shared
 from .decoder_base import DecodeError, Decoder
 from .decoders import get_decoder
 from .frame_index import SIDECAR_SUFFIX, build_frame_index, save_sidecar
-from .isolated import isolate
 from .transforms import ClipTransform
 
 logger = logging.getLogger(__name__)
@@ -413,10 +412,7 @@ class ShardDataset(IterableDataset):
         self.seed, self.epoch, self.resume_batches = seed, 0, 0
         self.rank, self.world, self.batch_size, self.grad_accum = rank, world, batch_size, grad_accum
         self.shuffle_buffer, self.max_bad_fraction = shuffle_buffer, max_bad_fraction
-        if isinstance(decoder, Decoder):
-            self.decoder = isolate(decoder, decode_timeout)
-        else:
-            self.decoder = get_decoder(decoder, num_threads=decoder_threads, timeout=decode_timeout)
+        self.decoder = get_decoder(decoder, num_threads=decoder_threads, timeout=decode_timeout)
         if mode == "train" and self.num_batches == 0:
             raise ConfigError(
                 f"data.shards: {len(self)} training samples are fewer than one step of every process "
