@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 
 import torch
 
 from video_swin.models import kernels
+from video_swin.models.kernels.machine import cpu_profile
+from video_swin.models.kernels.switches import machine_choice, set_machine_choices
 
 from .common import SEAM, infer_step, interleave, medians, train_step
 from .memory import collect, start_memory_child
@@ -24,6 +27,30 @@ LEVERS: dict[str, dict] = {
     "+ activation checkpointing of every block": {"use_checkpoint": True},
     "reference model (no accelerate_cpu)": {"seam": {"enabled": False}},
 }
+
+
+_OTHER = {"onednn": "aten", "aten": "onednn", "fused": "separate", "separate": "fused"}
+
+
+def choice_levers() -> dict[str, dict]:
+    """The per-machine choices (machine.py) made the other way: names say which way this machine chose."""
+    profile = cpu_profile()
+    wg, gelu = profile.weight_grad, profile.fc1_gelu
+    return {
+        f"weight gradients: {_OTHER[wg]} instead of {wg} (this machine's choice)": {"choices": {"weight_grad": _OTHER[wg]}},
+        f"fc1 + GELU: {_OTHER[gelu]} instead of {gelu} (this machine's choice)": {"choices": {"fc1_gelu": _OTHER[gelu]}},
+    }  # fmt: skip
+
+
+@contextlib.contextmanager
+def choices(lever: dict):
+    """The lever's per-machine choices while the block runs."""
+    saved = {name: machine_choice(name) for name in lever.get("choices", {})}
+    set_machine_choices(**lever.get("choices", {}))
+    try:
+        yield
+    finally:
+        set_machine_choices(**saved)
 
 
 def configure(model: torch.nn.Module, lever: dict) -> dict:
@@ -46,10 +73,11 @@ def levers_part(models: dict[str, torch.nn.Module], shape: tuple[int, ...], args
 
     def ours_step(lever: dict) -> None:
         model, optimizer = (ours, opt_ours) if lever.get("seam", {}).get("enabled", True) else (plain, opt_plain)
-        with kernels.fast_paths(**configure(model, lever)):
+        with kernels.fast_paths(**configure(model, lever)), choices(lever):
             train_step(model, optimizer, x, y, args.autocast_dtype)
 
-    steps = {name: (lambda lever=lever: ours_step(lever)) for name, lever in LEVERS.items()}
+    levers = {**LEVERS, **choice_levers()}
+    steps = {name: (lambda lever=lever: ours_step(lever)) for name, lever in levers.items()}
     steps["theirs"] = lambda: train_step(theirs, opt_theirs, x, y, args.autocast_dtype)
     times = interleave(steps, args.repeats, args.warmup)
     configure(ours, {})
@@ -58,7 +86,9 @@ def levers_part(models: dict[str, torch.nn.Module], shape: tuple[int, ...], args
 
 
 def levers_memory(args: argparse.Namespace, allocator: str) -> dict[str, float]:
-    """Training-step memory of ours with each lever undone (fresh processes, two at a time), in MiB."""
+    """Training-step memory of ours with each lever undone (fresh processes, two at a time), in MiB.
+
+    Not for the per-machine choices (``choice_levers``): their memory is not measured."""
     runs = {}
     for name, lever in LEVERS.items():
         checkpointing = [f"use_checkpoint={json.dumps(lever['use_checkpoint'])}"] if "use_checkpoint" in lever else []
@@ -91,11 +121,13 @@ def infer_levers_part(models: dict[str, torch.nn.Module], shape: tuple[int, ...]
     ours, theirs = models["ours"].eval(), models["theirs"].eval()
     plain = kernels.reference(copy.deepcopy(ours))
 
-    def ours_step(switches: dict) -> None:
-        with kernels.fast_paths(**switches):
+    def ours_step(switches: dict, lever: dict) -> None:
+        with kernels.fast_paths(**switches), choices(lever):
             infer_step(ours, x, args.autocast_dtype)
 
-    steps = {name: (lambda s=switches: ours_step(s)) for name, switches in INFER_LEVERS.items()}
+    steps = {name: (lambda s=switches: ours_step(s, {})) for name, switches in INFER_LEVERS.items()}
+    gelu = next((name, lever) for name, lever in choice_levers().items() if "fc1_gelu" in lever["choices"])
+    steps[gelu[0]] = lambda: ours_step({}, gelu[1])
     steps["reference model (no accelerate_cpu)"] = lambda: infer_step(plain, x, args.autocast_dtype)
     steps["theirs"] = lambda: infer_step(theirs, x, args.autocast_dtype)
     times = interleave(steps, args.repeats, args.warmup)

@@ -22,9 +22,11 @@ def micro_part(args: argparse.Namespace) -> list[dict]:
     tokens, c = 2 * 8 * 56 * 56, 96
     x1, w1, b1 = torch.randn(tokens, c), torch.randn(4 * c, c), torch.randn(4 * c)
     x2, w2 = torch.randn(tokens, 4 * c), torch.randn(c, 4 * c)
+    g1 = torch.randn(tokens, 4 * c)  # fc1's output gradient
+    rows = 5461  # one row chunk of the MLP kernel at stage 1 (MLP_CHUNK_BYTES of hidden layer)
     index = relative_position_index((8, 7, 7))
-    n, rows = index.shape[0], int(index.max()) + 1
-    table, bias_grad = torch.randn(rows, 12, requires_grad=True), torch.randn(12, n, n)
+    n, table_rows = index.shape[0], int(index.max()) + 1
+    table, bias_grad = torch.randn(table_rows, 12, requires_grad=True), torch.randn(12, n, n)
     windows, heads = 2 * 64, 3
     qkv = torch.randn(windows, n, 3 * c).bfloat16()
     bias = torch.randn(heads, n, n).bfloat16()
@@ -41,6 +43,13 @@ def micro_part(args: argparse.Namespace) -> list[dict]:
                                   "oneDNN", "F.linear (MKL)"),
         "fc2 (50176x384 -> 96)": (lambda: mm(x2, w2, None, True), lambda: F.linear(x2, w2),
                                   "oneDNN", "F.linear (MKL)"),
+        "fc1 weight gradient (50176x96 -> 384)": (lambda: torch.mm(g1.t(), x1),
+                                                  lambda: mm(x1.t(), g1.t(), None, True).t(),
+                                                  "torch.mm (ATen)", "oneDNN (copies its operands)"),
+        "fc1 + GELU, one row chunk (5461x96 -> 384)": (
+            lambda: torch.ops.aten.gelu_(mm(x1[:rows], w1, b1, True)),
+            lambda: torch.ops.mkldnn._linear_pointwise(x1[:rows], w1, b1, "gelu", [], "none"),
+            "oneDNN GEMM, then gelu_", "oneDNN fused GELU"),
         "bias gather, forward + backward (8x7x7 window, 12 heads)": (
             lambda: bias_step(True), lambda: bias_step(False), "gather_bias", "table[index]"),
         "bf16 attention, 128 windows of 392 tokens, 3 heads": (

@@ -53,8 +53,9 @@ def print_report(results: dict, args: argparse.Namespace) -> None:
               f"| vs all, CPU | theirs / this, wall | step memory, MiB ({' / '.join(mem)}) | / theirs |")  # fmt: skip
         print("|---|---:|---:|---:|---:|---:|---:|")
         for name, t in lv.items():
-            mib = " / ".join(f"{m[name]:.0f}" for m in mem.values())
-            rel = " / ".join(f"{m[name] / m['theirs']:.2f}x" for m in mem.values())
+            measured = all(name in m for m in mem.values())  # not for the per-machine choices
+            mib = " / ".join(f"{m[name]:.0f}" for m in mem.values()) if measured else "not measured"
+            rel = " / ".join(f"{m[name] / m['theirs']:.2f}x" for m in mem.values()) if measured else ""
             print(f"| {name} | {t['wall']:.2f} | {t['wall'] / base['wall']:.2f}x | {t['cpu'] / base['cpu']:.2f}x "
                   f"| {lv['theirs']['wall'] / t['wall']:.2f}x | {mib} | {rel} |")  # fmt: skip
     if "infer_levers" in results:

@@ -29,4 +29,5 @@ def test_quick_run_reports_every_part(tmp_path):
     assert memory["ours"]["step_mib"] > 0 and memory["theirs"]["step_mib"] > 0
     assert [row["size"] for row in figures["scaling"]] == ["base", "2x H, 2x W", "2x T"]
     assert "| train | 1x3x2x224x224 |" in done.stdout and "| ours, inference |" in done.stdout
-    assert [row["ours"] for row in figures["micro"]] == ["oneDNN", "oneDNN", "gather_bias", "chunked bmm", "reorder_tokens"]
+    assert [row["ours"] for row in figures["micro"]] == ["oneDNN", "oneDNN", "torch.mm (ATen)", "oneDNN GEMM, then gelu_",
+                                                   "gather_bias", "chunked bmm", "reorder_tokens"]

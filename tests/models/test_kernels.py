@@ -12,9 +12,13 @@ from video_swin.models import kernels
 from video_swin.models.attention import gather_bias
 from video_swin.models.kernels import attention as fused_attention
 from video_swin.models.kernels import block as fast_block
-from video_swin.models.kernels import inference, mlp
+from video_swin.models.kernels import inference, mlp, switches
 from video_swin.models.kernels.partition import reorder_tokens, window_order
-from video_swin.models.windows import relative_position_index, shift_mask, window_partition
+from video_swin.models.windows import (
+    relative_position_index,
+    shift_mask,
+    window_partition,
+)
 
 
 def rel_diff(ours, ref):
@@ -93,7 +97,16 @@ def test_fast_attention_is_used_and_keeps_no_attention_matrix():
     assert (8, 2, 16, 16) not in saved  # no (B*nW, nH, N, N) probabilities kept
 
 
-def test_linear_matches_f_linear():
+@pytest.fixture(params=[("onednn", "fused"), ("aten", "separate")], ids=["onednn-fused", "aten-separate"])
+def machine_choices(request):
+    """Both ways of the per-machine choices (weight gradients, fc1 + GELU): each machine takes one."""
+    saved = {name: switches.machine_choice(name) for name in ("weight_grad", "fc1_gelu")}
+    switches.set_machine_choices(weight_grad=request.param[0], fc1_gelu=request.param[1])
+    yield request.param
+    switches.set_machine_choices(**saved)
+
+
+def test_linear_matches_f_linear(machine_choices):
     torch.manual_seed(0)
     x, w, b = torch.randn(2, 5, 7, 24), torch.randn(40, 24), torch.randn(40)
     grad = torch.randn(2, 5, 7, 40)
@@ -108,7 +121,7 @@ def test_linear_matches_f_linear():
 
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("norm", [True, False])
-def test_recomputed_mlp_matches_plain_mlp(monkeypatch, norm, chunked):
+def test_recomputed_mlp_matches_plain_mlp(monkeypatch, norm, chunked, machine_choices):
     if chunked:  # 30 rows in chunks of 8, 8, 8, 6
         monkeypatch.setattr(mlp, "MLP_MIN_ROWS", 1)
         monkeypatch.setattr(mlp, "MLP_CHUNK_BYTES", 8 * 64 * 4)

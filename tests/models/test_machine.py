@@ -13,18 +13,23 @@ from video_swin.models.kernels import (
     linear_backend,
     machine,
     reference,
-    set_linear_backend,
 )
 from video_swin.models.kernels.linear import use_onednn
-from video_swin.models.kernels.switches import ONEDNN_LINEAR
+from video_swin.models.kernels.mlp import _fc1_gelu
+from video_swin.models.kernels.switches import (
+    ONEDNN_LINEAR,
+    machine_choice,
+    set_machine_choices,
+)
 
 
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
     monkeypatch.setenv("VIDEO_SWIN_CACHE", str(tmp_path))
     monkeypatch.setattr(machine, "_PROFILE", None)
+    saved = {name: machine_choice(name) for name in ("linear", "weight_grad", "fc1_gelu")}
     yield
-    set_linear_backend("onednn")
+    set_machine_choices(**saved)
 
 
 def test_measured_profile_is_cached_on_disk(fresh, monkeypatch):
@@ -42,6 +47,33 @@ def test_choice_follows_the_measurement():
     assert machine.choose_linear(aten_s=0.8, onednn_s=1.0) == "aten"
     assert machine.choose_linear(aten_s=0.97, onednn_s=1.0) == "onednn"  # within 5%: keep oneDNN
     assert machine.choose_linear(aten_s=2.0, onednn_s=1.0, forced="aten") == "aten"
+    assert machine.keep_unless_faster("fused", 1.0, "separate", 0.9) == "separate"
+    assert machine.keep_unless_faster("fused", 1.0, "separate", 0.97) == "fused"
+
+
+def test_profile_choices_reach_the_fast_paths(fresh, monkeypatch):
+    profile = machine.cpu_profile()
+    assert profile.weight_grad in ("onednn", "aten") and profile.fc1_gelu in ("fused", "separate")
+    assert profile.weight_grad_speedup > 0 and profile.gelu_split_speedup > 0
+    for weight_grad, fc1_gelu in (("aten", "fused"), ("onednn", "separate")):
+        monkeypatch.setattr(machine, "_PROFILE", dataclasses.replace(profile, weight_grad=weight_grad,
+                                                                     fc1_gelu=fc1_gelu))  # fmt: skip
+        accelerate_cpu(torch.nn.Sequential())
+        assert (machine_choice("weight_grad"), machine_choice("fc1_gelu")) == (weight_grad, fc1_gelu)
+    with pytest.raises(ValueError, match="fc1_gelu must be one of"):
+        set_machine_choices(fc1_gelu="tanh")
+
+
+@pytest.mark.skipif(not ONEDNN_LINEAR, reason="needs oneDNN")
+def test_fused_and_separate_gelu_agree(fresh):
+    torch.manual_seed(0)
+    y, w, b = torch.randn(300, 48), torch.randn(192, 48), torch.randn(192)
+    out = {}
+    for choice in ("fused", "separate"):
+        set_machine_choices(fc1_gelu=choice)
+        out[choice] = _fc1_gelu(y, w, b, onednn=True)
+    torch.testing.assert_close(out["separate"], out["fused"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out["fused"], torch.nn.functional.gelu(y @ w.t() + b), rtol=1e-5, atol=1e-5)
 
 
 def test_accelerate_cpu_applies_the_machine_choice_and_outputs_stay_equal(fresh, monkeypatch):

@@ -9,13 +9,18 @@ choices are not assumed from the vendor; :func:`cpu_profile` times them:
 * float32 linear layers: oneDNN (``mkldnn._linear_pointwise``) or ATen
   (``F.linear``, MKL/OpenBLAS), interleaved, on a Swin-sized GEMM; oneDNN is
   kept unless ATen is at least 5% faster;
+* where oneDNN serves the linears, two more of its choices, timed the same way:
+  weight gradients through oneDNN (which copies its transposed operands
+  first) or ATen's ``mm`` (which takes them as they are), and fc1 + GELU as
+  one fused oneDNN op or as the GEMM followed by an in-place GELU (on AMD
+  EPYC Zen 3: ATen and separate, by 1.2x-1.8x and ~1.2x);
 * the machine's float32 and bf16 GEMM rates (GFLOP/s), which the benchmarks
   report as the limit and the trainer uses to warn about bf16 without bf16
   hardware.
 
 The result is cached in memory and in ``$VIDEO_SWIN_CACHE/cpu-profile/``
 (keyed by CPU model, instruction flags, torch version and thread count), so
-the ~0.5 s of timing happens once per machine. ``VIDEO_SWIN_CPU_LINEAR=onednn``
+the ~1 s of timing happens once per machine. ``VIDEO_SWIN_CPU_LINEAR=onednn``
 or ``=aten`` forces the linear choice.
 """
 
@@ -40,7 +45,7 @@ from .switches import ONEDNN_LINEAR
 
 logger = logging.getLogger(__name__)
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 _PROFILE: CpuProfile | None = None
 # Shapes of a Swin-T stage-3 MLP (tokens, in, out), small enough to time in about half a second.
 _FP32_SHAPE = (1568, 384, 1536)
@@ -59,12 +64,23 @@ class CpuProfile:
     bf16_gflops: float
     onednn_speedup: float  # time(ATen) / time(oneDNN) for the float32 GEMM; > 1: oneDNN faster
     linear: str  # "onednn" or "aten": what FastLinear uses for float32
+    # time(oneDNN with copies) / time(ATen mm) for a weight gradient; > 1: ATen faster
+    weight_grad_speedup: float = 1.0
+    weight_grad: str = "onednn"  # "onednn" or "aten": weight gradients of the oneDNN linears
+    gelu_split_speedup: float = 1.0  # time(fused fc1 + GELU) / time(GEMM, then GELU); > 1: separate faster
+    fc1_gelu: str = "fused"  # "fused" or "separate"
 
     def describe(self) -> str:
         bf16 = "native" if self.bf16_native else "emulated (no AVX512-BF16/AMX)"
         return (f"{self.cpu} ({self.capability}, {self.threads} threads): float32 GEMM {self.fp32_gflops:.0f} "
                 f"GFLOP/s, bf16 GEMM {self.bf16_gflops:.0f} GFLOP/s ({bf16}); oneDNN {self.onednn_speedup:.2f}x "
-                f"ATen for float32 linears -> {self.linear}")  # fmt: skip
+                f"ATen for float32 linears -> {self.linear}; weight gradients: ATen {self.weight_grad_speedup:.2f}x "
+                f"oneDNN -> {self.weight_grad}; fc1 + GELU: separate {self.gelu_split_speedup:.2f}x fused "
+                f"-> {self.fc1_gelu}")  # fmt: skip
+
+    def choices(self) -> dict[str, str]:
+        """The choices for :func:`~.switches.set_machine_choices`."""
+        return {"linear": self.linear, "weight_grad": self.weight_grad, "fc1_gelu": self.fc1_gelu}
 
 
 def cpu_model() -> str:
@@ -100,19 +116,25 @@ def _median_time(fn, reps: int) -> float:
 
 
 def measure(reps: int = 5) -> CpuProfile:
-    """Times the choices now (about half a second); see :func:`cpu_profile` for the cached result."""
+    """Times the choices now (about a second); see :func:`cpu_profile` for the cached result."""
     m, k, n = _FP32_SHAPE
     gen = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(s, generator=gen) for s in ((m, k), (n, k), (n,)))
     aten = lambda: F.linear(x, w, b)  # noqa: E731
     onednn = (lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")) if ONEDNN_LINEAR else aten  # noqa: E731
-    aten(), onednn()  # warm up (oneDNN primitive creation, page faults)
-    t_aten, t_onednn = [], []
-    for _ in range(reps):  # interleaved, so that a busy neighbour slows both alike
-        t_aten.append(_median_time(aten, 1))
-        t_onednn.append(_median_time(onednn, 1))
-    a, o = statistics.median(t_aten), statistics.median(t_onednn)
+    t = _interleaved({"aten": aten, "onednn": onednn}, reps)  # in turns: a busy neighbour slows both alike
+    a, o = t["aten"], t["onednn"]
     flops = 2 * m * k * n
+    # The two oneDNN-only choices, on the same shape: dW = g^T x, and fc1 + GELU.
+    g = torch.randn(m, n, generator=gen)
+    dw = _interleaved({
+        "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x.t(), g.t(), None, "none", [], "").t(),
+        "aten": lambda: torch.mm(g.t(), x),
+    }, reps) if ONEDNN_LINEAR else {"onednn": 1.0, "aten": 1.0}  # fmt: skip
+    gelu = _interleaved({
+        "fused": lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none"),
+        "separate": lambda: torch.ops.aten.gelu_(torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")),
+    }, reps) if ONEDNN_LINEAR else {"fused": 1.0, "separate": 1.0}  # fmt: skip
     mb, kb, nb = _BF16_SHAPE
     xb, wb = torch.randn(mb, kb, generator=gen).bfloat16(), torch.randn(nb, kb, generator=gen).bfloat16()
     bf16 = lambda: F.linear(xb, wb)  # noqa: E731
@@ -125,7 +147,28 @@ def measure(reps: int = 5) -> CpuProfile:
         bf16_native=bool(flags & {"avx512_bf16", "amx_bf16"}), threads=torch.get_num_threads(),
         fp32_gflops=round(flops / min(a, o) / 1e9, 1), bf16_gflops=round(2 * mb * kb * nb / t_bf16 / 1e9, 1),
         onednn_speedup=round(a / o, 3), linear=choice,
+        weight_grad_speedup=round(dw["onednn"] / dw["aten"], 3),
+        weight_grad=keep_unless_faster("onednn", dw["onednn"], "aten", dw["aten"]),
+        gelu_split_speedup=round(gelu["fused"] / gelu["separate"], 3),
+        fc1_gelu=keep_unless_faster("fused", gelu["fused"], "separate", gelu["separate"]),
     )  # fmt: skip
+
+
+def _interleaved(fns: dict, reps: int) -> dict[str, float]:
+    """Median seconds of each function, timed in turns after one warm-up call each (oneDNN primitive
+    creation, page faults)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            times[name].append(_median_time(fn, 1))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def keep_unless_faster(default: str, default_s: float, other: str, other_s: float) -> str:
+    """``default`` unless ``other`` took at least 5% less time: a near tie is timing noise, not a reason to switch."""
+    return other if other_s < 0.95 * default_s else default
 
 
 def choose_linear(aten_s: float, onednn_s: float, forced: str = "") -> str:
@@ -135,7 +178,7 @@ def choose_linear(aten_s: float, onednn_s: float, forced: str = "") -> str:
         return "aten"
     if forced in ("onednn", "aten"):
         return forced
-    return "onednn" if aten_s >= 0.95 * onednn_s else "aten"
+    return keep_unless_faster("onednn", onednn_s, "aten", aten_s)
 
 
 def _cache_file() -> Path:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .linear import linear_backward, mm, use_onednn
+from .switches import machine_choice
 
 # Rows of the MLP branch processed at a time on CPU: the (rows, hidden) layer
 # of a chunk is this many bytes. Chunks well under glibc's 32 MiB mmap limit
@@ -26,10 +27,13 @@ def row_chunks(rows: int, hidden: int, itemsize: int, device: torch.device) -> l
 
 
 def _fc1_gelu(y: Tensor, w1: Tensor, b1: Tensor | None, onednn: bool) -> Tensor:
-    """gelu(y @ w1^T + b1), exact GELU; through oneDNN as one fused op (bitwise the same values)."""
-    if onednn:
+    """gelu(y @ w1^T + b1), exact GELU; through oneDNN fused or as GEMM + in-place GELU (bitwise the same values),
+    whichever :mod:`.machine` measured faster (on AMD EPYC Zen 3 the fused op is ~1.2x slower)."""
+    if not onednn:
+        return F.gelu(F.linear(y, w1, b1))
+    if machine_choice("fc1_gelu") == "fused":
         return torch.ops.mkldnn._linear_pointwise(y, w1, b1, "gelu", [], "none")
-    return F.gelu(F.linear(y, w1, b1))
+    return torch.ops.aten.gelu_(mm(y, w1, b1, True))
 
 
 def _accumulate(total: Tensor | None, part: Tensor | None) -> Tensor | None:

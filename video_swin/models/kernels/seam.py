@@ -12,7 +12,7 @@ from .attention import FastWindowAttention
 from .block import FastSwinBlock
 from .linear import FastLinear
 from .machine import cpu_profile
-from .switches import set_linear_backend
+from .switches import set_machine_choices
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -66,7 +66,7 @@ def accelerate_cpu(model: M, *, recompute_mlp: bool = True, recompute_qkv: bool 
     """
     if not enabled:
         return reference(model)
-    set_linear_backend(cpu_profile().linear)  # measured once per machine (machine.py)
+    set_machine_choices(**cpu_profile().choices())  # measured once per machine (machine.py)
     for module in model.modules():
         for linear in _linears(module):
             if type(linear) is nn.Linear:

@@ -20,21 +20,42 @@ ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldn
 FLASH_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 
 
-# float32 linears through oneDNN or ATen: chosen per machine by measurement when a model is
-# accelerated (machine.py, accelerate_cpu), not assumed from the CPU's vendor.
-_LINEAR_BACKEND = {"name": "onednn"}
+# What the fast paths do where two ways compute the same thing and which is faster depends on the
+# machine: chosen per machine by measurement when a model is accelerated (machine.py,
+# accelerate_cpu), not assumed from the CPU's vendor.
+#   linear:      float32 linears (forward, input gradient) through "onednn" or "aten" (MKL/OpenBLAS)
+#   weight_grad: float32 weight gradients of the oneDNN linears through "onednn" (which copies its
+#                transposed operands first) or "aten" (which takes them as they are)
+#   fc1_gelu:    the MLP's fc1 + GELU as one "fused" oneDNN op or "separate" (GEMM, then in-place GELU)
+_CHOICES = {"linear": "onednn", "weight_grad": "onednn", "fc1_gelu": "fused"}
+_ALLOWED = {"linear": ("onednn", "aten"), "weight_grad": ("onednn", "aten"), "fc1_gelu": ("fused", "separate")}
+
+
+def set_machine_choices(**choices: str) -> None:
+    """Sets the per-machine choices (``linear=``, ``weight_grad=``, ``fc1_gelu=``) for all of this process."""
+    for name, value in choices.items():
+        if name not in _ALLOWED:
+            raise ValueError(f"unknown machine choice {name!r}; known: {sorted(_ALLOWED)}")
+        if value not in _ALLOWED[name]:
+            raise ValueError(f"{name} must be one of {list(_ALLOWED[name])}, got {value!r}")
+    _CHOICES.update(choices)
+
+
+def machine_choice(name: str) -> str:
+    """The current value of a per-machine choice (see :func:`set_machine_choices`)."""
+    return _CHOICES[name]
 
 
 def set_linear_backend(name: str) -> None:
     """"onednn" or "aten" for the float32 linear layers of accelerated models (all of this process)."""
     if name not in ("onednn", "aten"):
         raise ValueError(f"linear backend must be 'onednn' or 'aten', got {name!r}")
-    _LINEAR_BACKEND["name"] = name
+    set_machine_choices(linear=name)
 
 
 def linear_backend() -> str:
     """The float32 linear backend in use: "onednn" or "aten"."""
-    return _LINEAR_BACKEND["name"] if ONEDNN_LINEAR else "aten"
+    return _CHOICES["linear"] if ONEDNN_LINEAR else "aten"
 
 
 def set_fast_paths(**enabled: bool) -> dict[str, bool]:
