@@ -178,7 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning("%s carries no class names; showing class indices (--classes names them)",
                                             weights)
     views = views or cfg.eval.parsed_views
-    features = FeatureWriter(args.features, videos) if args.features else None
+    features = FeatureWriter(args.features, videos, precision=args.precision) if args.features else None
     dataset_log = logging.getLogger("video_swin.data.dataset")
     level = dataset_log.level
     dataset_log.setLevel(logging.ERROR)  # failures are reported per file below
@@ -186,7 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         for r in iter_predictions(model, cfg, classes, videos, views=views, top_k=args.top_k,
                                   batch_size=args.batch_size, workers=args.workers, features=features is not None,
-                                  feature_stages=stages,
+                                  feature_stages=stages, precision=args.precision,
                                   progress=len(videos) > 1):
             if r.error is not None:
                 failed += 1
@@ -204,7 +204,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if writer is not None:
                 writer.close()
     if args.json:
-        print(json.dumps({"weights": str(weights), "views": str(views), "videos": entries}, indent=2))
+        print(json.dumps({"weights": str(weights), "views": str(views), "precision": args.precision,
+                          "videos": entries}, indent=2))
     done = [f"{len(videos) - failed} of {len(videos)} videos scored"]
     done += [f"wrote {path}" for path in (args.out, args.features) if path]
     if args.out or args.features:
@@ -432,6 +433,10 @@ def build_parser() -> ArgumentParser:
                          help="processes decoding videos ahead of the model (default: min(4, CPUs); 0: none)")
     predict.add_argument("--classes", help="class names, one per line (default: those the weights carry)")
     predict.add_argument("--config", help="config for weights saved without one (a path or a shipped recipe)")
+    predict.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                         help="dtype of the weights and inputs (default: fp32); bf16 halves the model's memory "
+                              "and suits GPUs and CPUs with AVX512-BF16/AMX; other CPUs emulate it, slower than "
+                              "fp32 (a warning says so). Probabilities and saved features are float32 either way")
 
     inflate = command("inflate", cmd_inflate, "inflate 2D Swin weights into a video model",
                       value_errors=True, description=INFLATE_DESCRIPTION, formatter_class=raw)

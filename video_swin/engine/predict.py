@@ -42,6 +42,10 @@ from .build import (
 
 log = logging.getLogger(__name__)
 
+# ``--precision``: the dtype of the model's weights and inputs while predicting.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_warned_bf16 = False  # the emulated-bf16 warning, once per process
+
 
 @dataclass
 class VideoPrediction:
@@ -231,8 +235,9 @@ def _score_and_pool(model: nn.Module, videos: torch.Tensor, max_views: int, aver
         else:
             final = model.forward_features(chunk)
         pooled.append(model.forward_head(final, pre_logits=True))  # (n, C_last)
-    pooled = torch.cat(pooled).float()  # (B*V, C_last)
+    pooled = torch.cat(pooled)  # (B*V, C_last), in the model's dtype
     logits = model.head(pooled).float()  # (B*V, K); the head's dropout is off in eval
+    pooled = pooled.float()
     per_view = logits.softmax(-1) if average == "prob" else logits
     stage_means = [torch.cat(parts).float().view(b, v, -1).mean(1) for parts in zip(*per_stage)] if stages else None
     return per_view.view(b, v, -1).mean(1), pooled.view(b, v, -1).mean(1), stage_means  # (B, K), (B, C), [(B, C_i)]
@@ -253,6 +258,7 @@ def iter_predictions(
     features: bool = False,
     feature_stages: Sequence[int] | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> Iterator[VideoPrediction]:
     """Top-k classes of each file, with probabilities, in input order, as the batches come.
 
@@ -274,14 +280,28 @@ def iter_predictions(
         feature_stages: also return these stages' pooled maps
             (``VideoPrediction.stage_features``; see :func:`parse_feature_stages`).
         progress: a progress bar on stderr (only when it is a terminal).
+        precision: ``"fp32"`` or ``"bf16"``: the model's floating-point
+            parameters and buffers are cast to this dtype (in place, as the
+            move to ``device`` is; integer buffers such as the
+            relative-position indices stay integer) and so are the input
+            clips; logits go back to float32 before the softmax, and the
+            returned features are float32 either way. On a CPU without
+            AVX512-BF16/AMX, bf16 is emulated and slower than fp32 (one
+            warning, see :func:`bf16_cpu_warning`).
 
     Yields:
         One :class:`VideoPrediction` per path. Probabilities are the
         view-averaged softmax (``eval.average=prob``) or the softmax of the
         view-averaged logits (``logit``).
     """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = for_device(model.to(device).eval(), device)
+    # The CPU fast paths take float32 only; bf16 weights run the reference modules (they check per call).
+    model = for_device(model.to(device=device, dtype=dtype).eval(), device)
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        _warn_emulated_bf16()
     views = parse_views(views, key="views") if isinstance(views, str) else views
     names = list(classes) if classes else [str(i) for i in range(model.head.out_features)]
     paths = [str(p) for p in paths]
@@ -300,6 +320,7 @@ def iter_predictions(
             reasons = iter(batch["failures"])  # in test mode: one record per invalid sample, in order
             if valid.any():
                 videos = clips_to_float(batch["video"][valid].to(device, non_blocking=True))  # (B', V, 3, T, S, S)
+                videos = videos.to(dtype)  # no copy in fp32
                 scores, pooled, stage_means = _score_and_pool(model, videos, cfg.eval.max_views_per_forward,
                                                               cfg.eval.average, feature_stages)
                 probs = (scores if cfg.eval.average == "prob" else scores.softmax(-1)).cpu()  # (B', K)
@@ -317,6 +338,32 @@ def iter_predictions(
                                       stage_features=stage)
                 row += 1
             bar.update(len(valid))
+
+
+def bf16_cpu_warning() -> str | None:
+    """The warning for bf16 weights on a CPU that emulates bf16 (no AVX512-BF16/AMX), or None.
+
+    From the machine's measured GEMM rates (:func:`~video_swin.models.kernels.machine.cpu_profile`,
+    the same test as :func:`~video_swin.models.kernels.machine.bf16_warning`).
+    """
+    from ..models.kernels.machine import bf16_warning, cpu_profile
+
+    profile = cpu_profile()
+    if bf16_warning(profile) is None:
+        return None
+    slower = profile.fp32_gflops / max(profile.bf16_gflops, 1e-9)
+    return (f"--precision bf16 on this CPU ({profile.cpu}, no AVX512-BF16/AMX): bf16 is emulated, its GEMMs "
+            f"run at {profile.bf16_gflops:.0f} GFLOP/s against {profile.fp32_gflops:.0f} in float32 "
+            f"({slower:.1f}x slower); --precision fp32 is faster here")
+
+
+def _warn_emulated_bf16() -> None:
+    global _warned_bf16
+    if not _warned_bf16:
+        _warned_bf16 = True
+        warning = bf16_cpu_warning()
+        if warning:
+            log.warning(warning)
 
 
 def predict_videos(

@@ -74,10 +74,14 @@ class FeatureWriter:
     single file. Stage i is the output of its blocks before the final norm
     (:meth:`~video_swin.models.SwinTransformer.forward_intermediates`), so the
     last stage's features differ from the pooled ones, which are normed.
+
+    Features are written as float32 whatever ``--precision`` computed them;
+    the single file's metadata records that ``precision`` when given.
     """
 
-    def __init__(self, out: str | os.PathLike, videos: list[str]) -> None:
+    def __init__(self, out: str | os.PathLike, videos: list[str], precision: str | None = None) -> None:
         self.out = Path(out)
+        self.precision = precision  # the single file's metadata records it ("fp32", "bf16"); features are float32
         self.single = self.out.suffix == ".safetensors"
         self._tensors: dict[str, torch.Tensor] = {}
         parents = [os.path.dirname(os.path.abspath(v)) for v in videos]
@@ -93,21 +97,23 @@ class FeatureWriter:
             return
         stages = r.stage_features or {}
         if self.single:
-            self._tensors[r.path] = r.features.contiguous()
-            self._tensors.update({stage_key(r.path, i): t.contiguous() for i, t in stages.items()})
+            self._tensors[r.path] = r.features.float().contiguous()
+            self._tensors.update({stage_key(r.path, i): t.float().contiguous() for i, t in stages.items()})
             return
         target = self.file_for(r.path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, r.features.numpy())
+        np.save(target, r.features.float().numpy())
         for i, t in stages.items():
-            np.save(target.with_suffix(f".stage{i}.npy"), t.numpy())
+            np.save(target.with_suffix(f".stage{i}.npy"), t.float().numpy())
 
     def close(self) -> None:
         if self.single and self._tensors:
             from safetensors.torch import save_file
 
             tmp = self.out.with_name(self.out.name + ".tmp")
-            save_file(self._tensors, tmp, metadata={
-                "content": "pooled features averaged over views; '<path>#stage<i>': stage i's map of "
-                           "forward_intermediates (before the final norm) average-pooled over T, H, W"})
+            metadata = {"content": "pooled features averaged over views; '<path>#stage<i>': stage i's map of "
+                                   "forward_intermediates (before the final norm) average-pooled over T, H, W"}
+            if self.precision:
+                metadata["precision"] = self.precision  # the model's dtype when computed
+            save_file(self._tensors, tmp, metadata=metadata)
             os.replace(tmp, self.out)
