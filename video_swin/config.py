@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import logging
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ Attention = Literal["dot", "cosine"]
 PositionBias = Literal["table", "cpb"]
 NormPlacement = Literal["pre", "post"]
 ScoreAverage = Literal["prob", "logit"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]  # torch.compile's modes
 
 
 @dataclass
@@ -122,6 +124,15 @@ class TrainConfig:
     # torch's count. float32 CPU results can differ in the last bits between thread counts;
     # runs with the same config on the same machine get the same count.
     threads: str = "auto"
+    # torch.compile of the model the training steps call: false, true (torch's default mode)
+    # or a mode name. Compiling takes minutes (about 12 for swin3d_t on 2 CPU cores), paid
+    # in the first steps (and again for each new input shape or precision), and on CPU the
+    # compiled model was slower than the eager fast paths it replaces (measured once on an
+    # AVX-512 EPYC: docs/BENCHMARKS.md, "What each optimisation bought"); it is for GPUs
+    # (not measured there). Built in engine.build.compile_for_training. Evaluation, saved
+    # weights and states are those of the uncompiled model, so `--resume` may change it;
+    # results then differ from an uninterrupted run within float rounding.
+    compile: bool | CompileMode = False
 
 
 @dataclass
@@ -239,7 +250,16 @@ def _schema_type(parts: list[str | int]) -> Any:
     return hint
 
 
+def _choices(hint: Any) -> str:
+    """The values a union of bool and Literals takes, in words: ``true, false or one of ['a', 'b']``."""
+    words = ["true, false" if a is bool else f"one of {list(typing.get_args(a))}" if typing.get_origin(a) is Literal
+             else _describe(a) for a in typing.get_args(hint) if a is not type(None)]  # fmt: skip
+    return " or ".join(words)
+
+
 def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return _choices(hint)
     if typing.get_origin(hint) is list:
         return "a list"
     if dataclasses.is_dataclass(hint):
@@ -279,6 +299,8 @@ def _translate(e: OmegaConfBaseException, data: Any) -> ConfigError:
     value = _lookup(data, parts)
     if value is _ABSENT or hint is None:
         return ConfigError(f"{full_key or 'config'}: {_first_line(e)}")
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and isinstance(value, (str, bool)):
+        return ConfigError(f"{full_key}: must be {_choices(hint)}, got {value!r}")
     if typing.get_origin(hint) is Literal:
         quote = " (YAML reads yes/no/on/off as booleans: quote the value)" if isinstance(value, bool) else ""
         return ConfigError(f"{full_key}: must be one of {list(typing.get_args(hint))}, got {value!r}{quote}")

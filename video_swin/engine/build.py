@@ -289,6 +289,48 @@ def for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
     return model
 
 
+# Debugging knob for ``train.compile``: another dynamo backend than inductor, e.g. "eager"
+# (dynamo's graph capture alone) or "aot_eager" (with AOTAutograd's joint graph), which
+# compile a model in seconds instead of minutes: it tells a graph-capture problem from an
+# inductor one, and the tests train compiled models with it. Not a config key: it changes
+# what is checked, not what is trained; the mode applies to inductor only.
+COMPILE_BACKEND_ENV = "VIDEO_SWIN_COMPILE_BACKEND"
+
+
+def compile_for_training(model: nn.Module, setting: bool | str, accelerator: Accelerator) -> nn.Module | None:
+    """``torch.compile`` of the prepared ``model`` under ``train.compile`` (None when it is off).
+
+    The result is a separate wrapper over the same module and parameters,
+    for the training steps to call; everything else keeps using ``model``.
+    That is why this is our own call rather than accelerate's
+    (``Accelerator(dynamo_backend=...)``/``TorchDynamoPlugin``), which puts
+    the wrapper in place of the prepared model: accelerate 1.15's
+    ``save_state`` then writes its ``_orig_mod.``-prefixed keys (so a state
+    would not load into an uncompiled run), ``unwrap_model`` keeps it unless
+    told, a sharded (fsdp) model, which accelerate does not prepare, would stay
+    eager, and ``make_accelerator`` also serves ``evaluate`` and ``predict``,
+    which read ``train.compile`` from a checkpoint's config. Here the states,
+    the final weights and the evaluations see the prepared model alone: the
+    same keys as an uncompiled run, and ``--resume`` may switch it either way.
+    Like accelerate, it compiles the prepared model (a DDP wrapper, when there
+    is one), so that dynamo splits the graph at DDP's gradient buckets and
+    gradient communication still overlaps the backward. Called after
+    :func:`for_device`: the CPU fast paths step aside while dynamo traces
+    (``kernels.switches``), so inductor sees plain ops.
+    """
+    if setting is False:
+        return None
+    mode = None if setting is True else str(setting)
+    backend = os.environ.get(COMPILE_BACKEND_ENV, "").strip() or "inductor"
+    if backend != "inductor":  # a debugging backend takes no mode
+        how, mode = f"backend {backend} from {COMPILE_BACKEND_ENV}{f', mode {mode} ignored' if mode else ''}", None
+    else:
+        how = f"backend inductor, mode {mode or 'default'}"
+    accelerator.print(f"train.compile: training steps run through torch.compile ({how}); the first steps include "
+                      f"compiling time (minutes on CPU; again for each new input shape)")
+    return torch.compile(model, backend=backend, mode=mode)
+
+
 def build_model(cfg: Config, num_classes: int, accelerator: Accelerator) -> nn.Module:
     """The model of ``cfg.model``, with pretrained weights inflated or loaded as configured, for the run's device."""
     m = cfg.model

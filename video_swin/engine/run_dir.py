@@ -41,11 +41,12 @@ LOCK_FILE = ".lock"
 
 # Keys whose change leaves the weights of a resumed run those of an uninterrupted one:
 # where things are written and how often, loader parallelism, evaluation, limits on
-# broken data, the pretrained files (a resumed run takes its weights from the state).
+# broken data, the pretrained files (a resumed run takes its weights from the state),
+# and how the same model is run (threads, torch.compile: equal within float rounding).
 SAFE_CHANGES = (
     "output_dir", "data.num_workers", "data.shm_slots", "data.decode_timeout", "data.max_bad_fraction",
     "data.generate_demo", "train.log_every_steps", "train.save_every_steps", "train.keep_last",
-    "train.max_nonfinite_steps", "train.threads", "model.pretrained_image", "model.pretrained_video", "eval",
+    "train.max_nonfinite_steps", "train.threads", "train.compile", "model.pretrained_image", "model.pretrained_video", "eval",
 )  # fmt: skip
 # Written beside the config by the trainer, compared like config keys.
 RUN_KEYS = ("world_size",)

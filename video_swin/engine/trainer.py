@@ -41,6 +41,7 @@ from .build import (
     build_datasets,
     build_model,
     collate_fn,
+    compile_for_training,
     eval_loader,
     make_accelerator,
 )
@@ -148,6 +149,14 @@ class Run:
     counters: dict[str, Any] = field(
         default_factory=lambda: {"step": 0, "epoch": 0, "batches_in_epoch": 0, "nonfinite_steps": 0}
     )
+    # torch.compile of ``model`` (``train.compile``), which only the training steps call: states,
+    # final weights and evaluations use ``model``, so they are those of an uncompiled run
+    compiled: nn.Module | None = None
+
+    @property
+    def step_model(self) -> nn.Module:
+        """What the training steps call: the compiled model under ``train.compile``, else the model."""
+        return self.model if self.compiled is None else self.compiled
 
     @property
     def checkpoints(self) -> Path:
@@ -283,6 +292,9 @@ def _build_run(cfg: Config, accelerator: Accelerator) -> Run:
               val_loader, test_loader, Schedule.of(cfg, len(train_loader)), MetricsLog(out / "metrics.jsonl", main))
     if isinstance(train_loader, ShardLoader):  # what a mid-epoch resume must find unchanged
         run.counters["data_shards"] = train_loader.resume_info()
+    # Last, over the prepared (or sharded) model. Evaluations stay eager: each of their
+    # shapes (views per forward, a last smaller batch) and eval mode would be another compile.
+    run.compiled = compile_for_training(model, cfg.train.compile, accelerator)
     return run
 
 
@@ -384,7 +396,7 @@ def _forward_backward(run: Run, batch: dict[str, Any], stats: _StepStats) -> Non
     cfg, accelerator, optimizer = run.cfg, run.accelerator, run.optimizer
     with accelerator.accumulate(run.model):
         with accelerator.autocast():  # a prepared (DDP) model autocasts itself; a sharded one is not prepared
-            logits = run.model(clips_to_float(batch["video"]))  # uint8 clips (data.output) normalised here
+            logits = run.step_model(clips_to_float(batch["video"]))  # uint8 clips (data.output) normalised here
         loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=cfg.train.label_smoothing)
         losses = accelerator.gather(loss.detach()[None])  # (world,)
         if torch.isfinite(losses).all():
