@@ -27,7 +27,7 @@ from video_swin.models.kernels.switches import (
 def fresh(monkeypatch, tmp_path):
     monkeypatch.setenv("VIDEO_SWIN_CACHE", str(tmp_path))
     monkeypatch.setattr(machine, "_PROFILE", None)
-    saved = {name: machine_choice(name) for name in ("linear", "weight_grad", "fc1_gelu")}
+    saved = {name: machine_choice(name) for name in ("linear", "weight_grad", "fc1_gelu", "bf16_attention")}
     yield
     set_machine_choices(**saved)
 
@@ -54,7 +54,8 @@ def test_choice_follows_the_measurement():
 def test_profile_choices_reach_the_fast_paths(fresh, monkeypatch):
     profile = machine.cpu_profile()
     assert profile.weight_grad in ("onednn", "aten") and profile.fc1_gelu in ("fused", "separate")
-    assert profile.weight_grad_speedup > 0 and profile.gelu_split_speedup > 0
+    assert profile.bf16_attention in ("chunked", "flash")
+    assert profile.weight_grad_speedup > 0 and profile.gelu_split_speedup > 0 and profile.bf16_flash_speedup > 0
     for weight_grad, fc1_gelu in (("aten", "fused"), ("onednn", "separate")):
         monkeypatch.setattr(machine, "_PROFILE", dataclasses.replace(profile, weight_grad=weight_grad,
                                                                      fc1_gelu=fc1_gelu))  # fmt: skip

@@ -21,9 +21,21 @@ from video_swin.models.kernels import (
     reference,
 )
 from video_swin.models.kernels import attention as fused_attention
+from video_swin.models.kernels import switches
 
 MODELS = Path(video_swin.__file__).parent / "models"
 TINY = dict(embed_dim=32, depths=(2, 2), num_heads=(2, 4), num_classes=7, head_dropout=0.0)
+
+
+def counted(fn):
+    """``fn`` that counts its calls in ``.calls``."""
+
+    def wrapper(*args, **kwargs):
+        wrapper.calls += 1
+        return fn(*args, **kwargs)
+
+    wrapper.calls = 0
+    return wrapper
 
 
 def rel_diff(ours, ref):
@@ -105,8 +117,12 @@ def test_dropout_falls_back_and_matches():
         assert rel_diff(g, grads_ref[key]) < 1e-4, key
 
 
-def test_bf16_autocast_close_to_reference():
+@pytest.mark.parametrize("attention", ["chunked", "flash"])  # the bf16 attention forward each machine chooses from
+def test_bf16_autocast_close_to_reference(attention, monkeypatch):
     ref, fast = both("swin3d_t", dict(window_size=(2, 4, 4)), drop_path_rate=0.0)
+    saved = switches.machine_choice("bf16_attention")
+    switches.set_machine_choices(bf16_attention=attention)  # after accelerate_cpu, which sets the machine's
+    monkeypatch.setattr(fused_attention, f"{attention}_forward", counted(getattr(fused_attention, f"{attention}_forward")))
     x = torch.randn(2, 3, 8, 32, 32)
     results = []
     for model in (ref, fast):
@@ -118,6 +134,8 @@ def test_bf16_autocast_close_to_reference():
         grads = {k: p.grad for k, p in model.named_parameters()}
         assert all(g is not None and g.dtype == torch.float32 for g in grads.values())
         results.append((out.float(), grads))
+    switches.set_machine_choices(bf16_attention=saved)
+    assert getattr(fused_attention, f"{attention}_forward").calls > 0
     (out_ref, g_ref), (out, g) = results
     assert rel_diff(out, out_ref) < 5e-2
     for key in ("layers.0.blocks.1.attn.relative_position_bias_table", "layers.1.blocks.0.mlp.fc1.weight",

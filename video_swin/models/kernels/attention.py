@@ -27,7 +27,7 @@ from torch import Tensor
 from ..attention import WindowAttention, gather_bias
 from ..windows import Size
 from .linear import linear, linear_backward, mm, use_onednn
-from .switches import FLASH_CPU, cpu_compute_dtype, enabled
+from .switches import FLASH_CPU, cpu_compute_dtype, enabled, machine_choice
 
 # Size of the (windows, nH, N, N) float32 blocks the attention backward works
 # in: a few windows at a time, in buffers reused across chunks, stay in cache
@@ -69,9 +69,12 @@ def chunked_forward(
 ) -> Tensor:
     """:func:`flash_forward` as scores, softmax and product a few windows at a time.
 
-    In bfloat16 this is faster on CPU than the flash kernel (whose inner
-    products do not use the bf16 dot-product instructions that ``bmm`` does;
-    docs/BENCHMARKS.md, "Single kernels"). In float32 the flash kernel is used.
+    In bfloat16 on a CPU with AVX512-BF16 this was 1.5x faster than the flash
+    kernel (whose inner products do not use the bf16 dot-product instructions
+    that ``bmm`` does); where bf16 is emulated (AVX2) it was 18x slower, so
+    which one runs under bf16 autocast is measured per machine
+    (:mod:`.machine`, ``bf16_attention``; docs/BENCHMARKS.md, "Single
+    kernels"). In float32 the flash kernel is used.
     """
     bw, n, c3 = qkv.shape
     dh = c3 // 3 // heads
@@ -150,7 +153,7 @@ class _WindowAttention(torch.autograd.Function):
         bias = gather_bias(table, index)  # (nH, N, N); gathered again in backward rather than kept
         window_bytes = heads * qkv.shape[1] ** 2 * 4
         per_chunk = max(1, CHUNK_BYTES // window_bytes)
-        if qkv.dtype == torch.float32:
+        if qkv.dtype == torch.float32 or machine_choice("bf16_attention") == "flash":
             out = flash_forward(qkv, bias, mask, heads, scale, max(1, MASK_CHUNK_BYTES // window_bytes))
         else:
             out = chunked_forward(qkv, bias, mask, heads, scale, per_chunk)

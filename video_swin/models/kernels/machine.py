@@ -14,13 +14,17 @@ choices are not assumed from the vendor; :func:`cpu_profile` times them:
   first) or ATen's ``mm`` (which takes them as they are), and fc1 + GELU as
   one fused oneDNN op or as the GEMM followed by an in-place GELU (on AMD
   EPYC Zen 3: ATen and separate, by 1.2x-1.8x and ~1.2x);
+* the attention forward under bf16 autocast: chunked ``bmm`` (which uses
+  AVX512-BF16/AMX dot products: 1.5x the flash kernel on an AVX-512 EPYC)
+  or the flash kernel (18x the chunked ``bmm`` on AVX2 Zen 3, where bf16 is
+  emulated);
 * the machine's float32 and bf16 GEMM rates (GFLOP/s), which the benchmarks
   report as the limit and the trainer uses to warn about bf16 without bf16
   hardware.
 
 The result is cached in memory and in ``$VIDEO_SWIN_CACHE/cpu-profile/``
 (keyed by CPU model, instruction flags, torch version and thread count), so
-the ~1 s of timing happens once per machine. ``VIDEO_SWIN_CPU_LINEAR=onednn``
+the ~1.5 s of timing happens once per machine. ``VIDEO_SWIN_CPU_LINEAR=onednn``
 or ``=aten`` forces the linear choice.
 """
 
@@ -41,11 +45,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .switches import ONEDNN_LINEAR
+from .attention import chunked_forward, flash_forward
+from .switches import FLASH_CPU, ONEDNN_LINEAR
 
 logger = logging.getLogger(__name__)
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
 _PROFILE: CpuProfile | None = None
 # Shapes of a Swin-T stage-3 MLP (tokens, in, out), small enough to time in about half a second.
 _FP32_SHAPE = (1568, 384, 1536)
@@ -69,6 +74,8 @@ class CpuProfile:
     weight_grad: str = "onednn"  # "onednn" or "aten": weight gradients of the oneDNN linears
     gelu_split_speedup: float = 1.0  # time(fused fc1 + GELU) / time(GEMM, then GELU); > 1: separate faster
     fc1_gelu: str = "fused"  # "fused" or "separate"
+    bf16_flash_speedup: float = 1.0  # time(chunked bmm) / time(flash kernel), bf16 attention; > 1: flash faster
+    bf16_attention: str = "chunked"  # "chunked" or "flash": the attention forward under bf16 autocast
 
     def describe(self) -> str:
         bf16 = "native" if self.bf16_native else "emulated (no AVX512-BF16/AMX)"
@@ -76,11 +83,13 @@ class CpuProfile:
                 f"GFLOP/s, bf16 GEMM {self.bf16_gflops:.0f} GFLOP/s ({bf16}); oneDNN {self.onednn_speedup:.2f}x "
                 f"ATen for float32 linears -> {self.linear}; weight gradients: ATen {self.weight_grad_speedup:.2f}x "
                 f"oneDNN -> {self.weight_grad}; fc1 + GELU: separate {self.gelu_split_speedup:.2f}x fused "
-                f"-> {self.fc1_gelu}")  # fmt: skip
+                f"-> {self.fc1_gelu}; bf16 attention: flash {self.bf16_flash_speedup:.2f}x chunked "
+                f"-> {self.bf16_attention}")  # fmt: skip
 
     def choices(self) -> dict[str, str]:
         """The choices for :func:`~.switches.set_machine_choices`."""
-        return {"linear": self.linear, "weight_grad": self.weight_grad, "fc1_gelu": self.fc1_gelu}
+        return {"linear": self.linear, "weight_grad": self.weight_grad, "fc1_gelu": self.fc1_gelu,
+                "bf16_attention": self.bf16_attention}  # fmt: skip
 
 
 def cpu_model() -> str:
@@ -116,7 +125,7 @@ def _median_time(fn, reps: int) -> float:
 
 
 def measure(reps: int = 5) -> CpuProfile:
-    """Times the choices now (about a second); see :func:`cpu_profile` for the cached result."""
+    """Times the choices now (about 1.5 s); see :func:`cpu_profile` for the cached result."""
     m, k, n = _FP32_SHAPE
     gen = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(s, generator=gen) for s in ((m, k), (n, k), (n,)))
@@ -140,6 +149,12 @@ def measure(reps: int = 5) -> CpuProfile:
     bf16 = lambda: F.linear(xb, wb)  # noqa: E731
     bf16()
     t_bf16 = _median_time(bf16, 3)
+    # Two windows of a stage-1 Swin-T block (392 tokens, 3 heads): ~50 ms chunked where bf16 is emulated.
+    qkv, bias = torch.randn(2, 392, 288, generator=gen).bfloat16(), torch.randn(3, 392, 392, generator=gen).bfloat16()
+    attention = _interleaved({
+        "chunked": lambda: chunked_forward(qkv, bias, None, 3, 0.17, 2),
+        "flash": lambda: flash_forward(qkv, bias, None, 3, 0.17, 2),
+    }, 3) if FLASH_CPU else {"chunked": 1.0, "flash": 1.0}  # fmt: skip
     choice = choose_linear(a, o, os.environ.get("VIDEO_SWIN_CPU_LINEAR", ""))
     flags = _flags()
     return CpuProfile(
@@ -151,6 +166,8 @@ def measure(reps: int = 5) -> CpuProfile:
         weight_grad=keep_unless_faster("onednn", dw["onednn"], "aten", dw["aten"]),
         gelu_split_speedup=round(gelu["fused"] / gelu["separate"], 3),
         fc1_gelu=keep_unless_faster("fused", gelu["fused"], "separate", gelu["separate"]),
+        bf16_flash_speedup=round(attention["chunked"] / attention["flash"], 3),
+        bf16_attention=keep_unless_faster("chunked", attention["chunked"], "flash", attention["flash"]),
     )  # fmt: skip
 
 

@@ -27,12 +27,16 @@ FLASH_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu
 #   weight_grad: float32 weight gradients of the oneDNN linears through "onednn" (which copies its
 #                transposed operands first) or "aten" (which takes them as they are)
 #   fc1_gelu:    the MLP's fc1 + GELU as one "fused" oneDNN op or "separate" (GEMM, then in-place GELU)
-_CHOICES = {"linear": "onednn", "weight_grad": "onednn", "fc1_gelu": "fused"}
-_ALLOWED = {"linear": ("onednn", "aten"), "weight_grad": ("onednn", "aten"), "fc1_gelu": ("fused", "separate")}
+#   bf16_attention: the attention forward under bf16 autocast through "chunked" bmm (bf16 dot-product
+#                instructions where the CPU has them) or the "flash" kernel
+_CHOICES = {"linear": "onednn", "weight_grad": "onednn", "fc1_gelu": "fused", "bf16_attention": "chunked"}
+_ALLOWED = {"linear": ("onednn", "aten"), "weight_grad": ("onednn", "aten"), "fc1_gelu": ("fused", "separate"),
+            "bf16_attention": ("chunked", "flash")}  # fmt: skip
 
 
 def set_machine_choices(**choices: str) -> None:
-    """Sets the per-machine choices (``linear=``, ``weight_grad=``, ``fc1_gelu=``) for all of this process."""
+    """Sets the per-machine choices (``linear=``, ``weight_grad=``, ``fc1_gelu=``, ``bf16_attention=``) for all
+    of this process."""
     for name, value in choices.items():
         if name not in _ALLOWED:
             raise ValueError(f"unknown machine choice {name!r}; known: {sorted(_ALLOWED)}")
