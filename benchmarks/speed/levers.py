@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 
@@ -11,7 +10,7 @@ import torch
 
 from video_swin.models import kernels
 from video_swin.models.kernels.machine import cpu_profile
-from video_swin.models.kernels.switches import machine_choice, set_machine_choices
+from video_swin.models.kernels.switches import machine_choices
 
 from .common import SEAM, infer_step, interleave, medians, train_step
 from .memory import collect, start_memory_child
@@ -42,17 +41,6 @@ def choice_levers() -> dict[str, dict]:
     }  # fmt: skip
 
 
-@contextlib.contextmanager
-def choices(lever: dict):
-    """The lever's per-machine choices while the block runs."""
-    saved = {name: machine_choice(name) for name in lever.get("choices", {})}
-    set_machine_choices(**lever.get("choices", {}))
-    try:
-        yield
-    finally:
-        set_machine_choices(**saved)
-
-
 def configure(model: torch.nn.Module, lever: dict) -> dict:
     """Sets ``model`` up as ``lever`` says (from the defaults); returns the fast-path switches to use."""
     kernels.accelerate_cpu(model, **{**SEAM, **lever.get("seam", {})})
@@ -73,7 +61,7 @@ def levers_part(models: dict[str, torch.nn.Module], shape: tuple[int, ...], args
 
     def ours_step(lever: dict) -> None:
         model, optimizer = (ours, opt_ours) if lever.get("seam", {}).get("enabled", True) else (plain, opt_plain)
-        with kernels.fast_paths(**configure(model, lever)), choices(lever):
+        with kernels.fast_paths(**configure(model, lever)), machine_choices(**lever.get("choices", {})):
             train_step(model, optimizer, x, y, args.autocast_dtype)
 
     levers = {**LEVERS, **choice_levers()}
@@ -122,7 +110,7 @@ def infer_levers_part(models: dict[str, torch.nn.Module], shape: tuple[int, ...]
     plain = kernels.reference(copy.deepcopy(ours))
 
     def ours_step(switches: dict, lever: dict) -> None:
-        with kernels.fast_paths(**switches), choices(lever):
+        with kernels.fast_paths(**switches), machine_choices(**lever.get("choices", {})):
             infer_step(ours, x, args.autocast_dtype)
 
     steps = {name: (lambda s=switches: ours_step(s, {})) for name, switches in INFER_LEVERS.items()}

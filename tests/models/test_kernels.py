@@ -100,10 +100,8 @@ def test_fast_attention_is_used_and_keeps_no_attention_matrix():
 @pytest.fixture(params=[("onednn", "fused"), ("aten", "separate")], ids=["onednn-fused", "aten-separate"])
 def machine_choices(request):
     """Both ways of the per-machine choices (weight gradients, fc1 + GELU): each machine takes one."""
-    saved = {name: switches.machine_choice(name) for name in ("weight_grad", "fc1_gelu")}
-    switches.set_machine_choices(weight_grad=request.param[0], fc1_gelu=request.param[1])
-    yield request.param
-    switches.set_machine_choices(**saved)
+    with switches.machine_choices(weight_grad=request.param[0], fc1_gelu=request.param[1]):
+        yield request.param
 
 
 def test_linear_matches_f_linear(machine_choices):

@@ -19,6 +19,7 @@ from video_swin.models.kernels.mlp import _fc1_gelu
 from video_swin.models.kernels.switches import (
     ONEDNN_LINEAR,
     machine_choice,
+    machine_choices,
     set_machine_choices,
 )
 
@@ -27,9 +28,8 @@ from video_swin.models.kernels.switches import (
 def fresh(monkeypatch, tmp_path):
     monkeypatch.setenv("VIDEO_SWIN_CACHE", str(tmp_path))
     monkeypatch.setattr(machine, "_PROFILE", None)
-    saved = {name: machine_choice(name) for name in ("linear", "weight_grad", "fc1_gelu", "bf16_attention")}
-    yield
-    set_machine_choices(**saved)
+    with machine_choices():  # accelerate_cpu in these tests sets them
+        yield
 
 
 def test_measured_profile_is_cached_on_disk(fresh, monkeypatch):

@@ -19,9 +19,9 @@ from video_swin.models.kernels import (
     FastWindowAttention,
     accelerate_cpu,
     reference,
+    switches,
 )
 from video_swin.models.kernels import attention as fused_attention
-from video_swin.models.kernels import switches
 
 MODELS = Path(video_swin.__file__).parent / "models"
 TINY = dict(embed_dim=32, depths=(2, 2), num_heads=(2, 4), num_classes=7, head_dropout=0.0)
@@ -120,21 +120,19 @@ def test_dropout_falls_back_and_matches():
 @pytest.mark.parametrize("attention", ["chunked", "flash"])  # the bf16 attention forward each machine chooses from
 def test_bf16_autocast_close_to_reference(attention, monkeypatch):
     ref, fast = both("swin3d_t", dict(window_size=(2, 4, 4)), drop_path_rate=0.0)
-    saved = switches.machine_choice("bf16_attention")
-    switches.set_machine_choices(bf16_attention=attention)  # after accelerate_cpu, which sets the machine's
     monkeypatch.setattr(fused_attention, f"{attention}_forward", counted(getattr(fused_attention, f"{attention}_forward")))
     x = torch.randn(2, 3, 8, 32, 32)
     results = []
     for model in (ref, fast):
         model.train().zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        # after accelerate_cpu (in both()), which set the machine's own choice
+        with torch.autocast("cpu", dtype=torch.bfloat16), switches.machine_choices(bf16_attention=attention):
             out = model(x)
         assert out.dtype == torch.bfloat16
         out.float().square().mean().backward()
         grads = {k: p.grad for k, p in model.named_parameters()}
         assert all(g is not None and g.dtype == torch.float32 for g in grads.values())
         results.append((out.float(), grads))
-    switches.set_machine_choices(bf16_attention=saved)
     assert getattr(fused_attention, f"{attention}_forward").calls > 0
     (out_ref, g_ref), (out, g) = results
     assert rel_diff(out, out_ref) < 5e-2

@@ -341,20 +341,11 @@ def iter_predictions(
 
 
 def bf16_cpu_warning() -> str | None:
-    """The warning for bf16 weights on a CPU that emulates bf16 (no AVX512-BF16/AMX), or None.
-
-    From the machine's measured GEMM rates (:func:`~video_swin.models.kernels.machine.cpu_profile`,
-    the same test as :func:`~video_swin.models.kernels.machine.bf16_warning`).
-    """
+    """The warning for bf16 weights on a CPU that emulates bf16 (no AVX512-BF16/AMX), or None: the
+    trainer's (:func:`~video_swin.models.kernels.machine.bf16_warning`), naming ``--precision fp32``."""
     from ..models.kernels.machine import bf16_warning, cpu_profile
 
-    profile = cpu_profile()
-    if bf16_warning(profile) is None:
-        return None
-    slower = profile.fp32_gflops / max(profile.bf16_gflops, 1e-9)
-    return (f"--precision bf16 on this CPU ({profile.cpu}, no AVX512-BF16/AMX): bf16 is emulated, its GEMMs "
-            f"run at {profile.bf16_gflops:.0f} GFLOP/s against {profile.fp32_gflops:.0f} in float32 "
-            f"({slower:.1f}x slower); --precision fp32 is faster here")
+    return bf16_warning(cpu_profile(), faster="--precision fp32")
 
 
 def _warn_emulated_bf16() -> None:

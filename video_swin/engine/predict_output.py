@@ -75,7 +75,8 @@ class FeatureWriter:
     (:meth:`~video_swin.models.SwinTransformer.forward_intermediates`), so the
     last stage's features differ from the pooled ones, which are normed.
 
-    Features are written as float32 whatever ``--precision`` computed them;
+    Features arrive in float32 whatever ``--precision`` computed them
+    (:func:`~video_swin.engine.predict.iter_predictions` returns them so);
     the single file's metadata records that ``precision`` when given.
     """
 
@@ -97,14 +98,14 @@ class FeatureWriter:
             return
         stages = r.stage_features or {}
         if self.single:
-            self._tensors[r.path] = r.features.float().contiguous()
-            self._tensors.update({stage_key(r.path, i): t.float().contiguous() for i, t in stages.items()})
+            self._tensors[r.path] = r.features.contiguous()
+            self._tensors.update({stage_key(r.path, i): t.contiguous() for i, t in stages.items()})
             return
         target = self.file_for(r.path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, r.features.float().numpy())
+        np.save(target, r.features.numpy())
         for i, t in stages.items():
-            np.save(target.with_suffix(f".stage{i}.npy"), t.float().numpy())
+            np.save(target.with_suffix(f".stage{i}.npy"), t.numpy())
 
     def close(self) -> None:
         if self.single and self._tensors:

@@ -252,11 +252,11 @@ def _locked(lock: Path):
         os.close(fd)  # releases the lock
 
 
-def bf16_warning(profile: CpuProfile) -> str | None:
-    """A warning when bf16 autocast would be slower than float32 on this CPU; None otherwise."""
+def bf16_warning(profile: CpuProfile, faster: str = "train.mixed_precision=no") -> str | None:
+    """A warning when bf16 would be slower than float32 on this CPU (``faster``: what to use instead); None otherwise."""
     if profile.bf16_native or profile.bf16_gflops >= profile.fp32_gflops:
         return None
-    return (f"bf16 autocast on this CPU ({profile.cpu}, no AVX512-BF16/AMX) runs its GEMMs at "
+    return (f"bf16 on this CPU ({profile.cpu}, no AVX512-BF16/AMX) is emulated: its GEMMs run at "
             f"{profile.bf16_gflops:.0f} GFLOP/s against {profile.fp32_gflops:.0f} in float32 "
             f"({profile.fp32_gflops / max(profile.bf16_gflops, 1e-9):.1f}x slower); "
-            "train.mixed_precision=no is faster here")  # fmt: skip
+            f"{faster} is faster here")  # fmt: skip

@@ -50,6 +50,18 @@ def machine_choice(name: str) -> str:
     return _CHOICES[name]
 
 
+@contextmanager
+def machine_choices(**choices: str) -> Iterator[None]:
+    """:func:`set_machine_choices` for the block only; all choices are as before afterwards (also those
+    :func:`~.seam.accelerate_cpu` set inside the block)."""
+    previous = dict(_CHOICES)
+    try:
+        set_machine_choices(**choices)
+        yield
+    finally:
+        _CHOICES.update(previous)
+
+
 def set_linear_backend(name: str) -> None:
     """"onednn" or "aten" for the float32 linear layers of accelerated models (all of this process)."""
     if name not in ("onednn", "aten"):
