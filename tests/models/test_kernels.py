@@ -117,9 +117,9 @@ def test_linear_matches_f_linear(machine_choices):
             assert rel_diff(g, g_ref) < 1e-5
 
 
-@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("chunked, keep_hidden", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("norm", [True, False])
-def test_recomputed_mlp_matches_plain_mlp(monkeypatch, norm, chunked, machine_choices):
+def test_recomputed_mlp_matches_plain_mlp(monkeypatch, norm, chunked, keep_hidden, machine_choices):
     if chunked:  # 30 rows in chunks of 8, 8, 8, 6
         monkeypatch.setattr(mlp, "MLP_MIN_ROWS", 1)
         monkeypatch.setattr(mlp, "MLP_CHUNK_BYTES", 8 * 64 * 4)
@@ -137,30 +137,45 @@ def test_recomputed_mlp_matches_plain_mlp(monkeypatch, norm, chunked, machine_ch
 
     out_ref, grads_ref = run(plain, [x, *params, *norm_params], grad, fast=False)
     for fast in (False, True):  # generic ops and the oneDNN path
-        out, grads = run(kernels.recomputed_mlp, [x, *params, *norm_params], grad, fast=fast)
+        kernel = lambda *t: kernels.recomputed_mlp(*t, keep_hidden=keep_hidden)  # noqa: E731
+        out, grads = run(kernel, [x, *params, *norm_params], grad, fast=fast)
         assert rel_diff(out, out_ref) < 1e-5
         for g, g_ref in zip(grads, grads_ref, strict=True):
             assert rel_diff(g, g_ref) < 1e-5
 
 
-def test_mlp_keeps_only_its_input():
+def test_recompute_keeps_what_it_says_where_the_map_is_large():
+    """Elements saved for backward by a one-block model: the recomputes drop exactly the MLP's hidden layer
+    (4C per token) and the qkv projection (3C), and only in blocks whose input reaches ``recompute_from``."""
     model = video_swin.create_model("swin3d_t", num_classes=0, embed_dim=16, depths=(1,), num_heads=(1,),
                                     window_size=(2, 4, 4)).train()  # fmt: skip
     x = torch.randn(1, 3, 4, 16, 16)
-    sizes = {}
-    for recompute in (False, True):
-        kernels.accelerate_cpu(model, recompute_mlp=recompute)
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+    tokens_c = 2 * 4 * 4 * 16  # the block's input: (1, 2, 4, 4, 16) float32, 2048 bytes
+
+    def saved(reference=False, **options):
+        kernels.reference(model) if reference else kernels.accelerate_cpu(model, **options)
+        numels = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: numels.append(t.numel()) or t, lambda t: t):
             model(x)
-        sizes[recompute] = sum(saved)
-    hidden = 2 * 4 * 4 * 16 * 4  # one (tokens, 4C) activation
-    assert sizes[False] - sizes[True] >= 2 * hidden
+        return sum(numels)
+
+    base = saved(recompute_from=0)
+    assert saved(recompute_from=0, recompute_mlp=False) == base + 4 * tokens_c
+    assert saved(recompute_from=0, recompute_qkv=False) == base + 3 * tokens_c
+    assert saved(recompute_from=2048) == base  # the input's size exactly: recomputes
+    assert saved(recompute_from=2049) == base + 7 * tokens_c
+    assert saved() == base + 7 * tokens_c  # the default threshold (8 MiB) keeps this tiny map's activations
+    assert saved(reference=True) >= base + 9 * tokens_c  # the reference modules keep more than either
 
 
-@pytest.mark.parametrize("seam, mlp_chunk_rows", [(False, None), (True, None), (True, 100)])
+@pytest.mark.parametrize("seam, recompute_from, mlp_chunk_rows", [
+    (False, None, None),
+    (True, None, None),  # the default threshold: these small maps keep their activations
+    (True, 0, None),  # recomputes in every block
+    (True, 0, 100),
+])  # fmt: skip
 @pytest.mark.parametrize("shape", [(2, 3, 8, 32, 32), (1, 3, 7, 36, 44)])
-def test_training_gradients_equal_torchvision(monkeypatch, shape, seam, mlp_chunk_rows):
+def test_training_gradients_equal_torchvision(monkeypatch, shape, seam, recompute_from, mlp_chunk_rows):
     """A small Video Swin in training mode: loss, input gradient and every parameter gradient."""
     if mlp_chunk_rows:  # MLP rows in several chunks, the last one short
         monkeypatch.setattr(mlp, "MLP_MIN_ROWS", mlp_chunk_rows)
@@ -169,7 +184,7 @@ def test_training_gradients_equal_torchvision(monkeypatch, shape, seam, mlp_chun
     arch = dict(embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4, 4])
     ref = SwinTransformer3d(patch_size=[2, 4, 4], stochastic_depth_prob=0.0, num_classes=10, **arch).train()
     ours = video_swin.create_model("swin3d_t", num_classes=10, drop_path_rate=0.0, head_dropout=0.0, **arch).train()
-    kernels.accelerate_cpu(ours, enabled=seam)
+    kernels.accelerate_cpu(ours, enabled=seam, **({} if recompute_from is None else {"recompute_from": recompute_from}))
     report = load_checkpoint(ours, ref.state_dict())
     assert not report.missing and not report.unexpected
     x = torch.randn(shape)

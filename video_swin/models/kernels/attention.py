@@ -27,7 +27,7 @@ from torch import Tensor
 from ..attention import WindowAttention, gather_bias
 from ..windows import Size
 from .linear import linear, linear_backward, mm, use_onednn
-from .switches import FLASH_CPU, cpu_compute_dtype, enabled, machine_choice
+from .switches import FLASH_CPU, RECOMPUTE_FROM_BYTES, cpu_compute_dtype, enabled, machine_choice, recompute_here
 
 # Size of the (windows, nH, N, N) float32 blocks the attention backward works
 # in: a few windows at a time, in buffers reused across chunks, stay in cache
@@ -244,10 +244,12 @@ class FastWindowAttention(WindowAttention):
 
     Attributes:
         recompute_qkv: dot attention: recompute the qkv projection in
-            backward instead of keeping it (set by :func:`~.seam.accelerate_cpu`).
+            backward instead of keeping it, where the windows hold at least
+            ``recompute_from`` bytes (both set by :func:`~.seam.accelerate_cpu`).
     """
 
     recompute_qkv: bool = True
+    recompute_from: int = RECOMPUTE_FROM_BYTES
 
     def project_qkv(self, x: Tensor) -> Tensor:
         if self.attention == "cosine" and self.q_bias is not None:
@@ -266,7 +268,7 @@ class FastWindowAttention(WindowAttention):
             # tokens (C) for backward instead of the projection (3C).
             out = window_attention(
                 x, self.num_heads, table, index, mask, qkv_weight=self.qkv.weight, qkv_bias=self.qkv.bias,
-                recompute_qkv=self.recompute_qkv,
+                recompute_qkv=recompute_here(self.recompute_qkv, x, self.recompute_from),
             )  # (B*nW, N, C)
             return self.proj_drop(self.proj(out))
         bw, n, c = x.shape

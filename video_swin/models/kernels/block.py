@@ -12,6 +12,7 @@ from ..windows import Size, pad_to_window, padded_size, unpad
 from .inference import use_inference_chunks, windowed_residual
 from .mlp import recomputed_mlp
 from .partition import reorder_tokens, window_order
+from .switches import RECOMPUTE_FROM_BYTES, recompute_here
 
 ORDER_CACHE_SIZE = 8  # (size, window, shift, device) entries per block: many input sizes must not grow memory
 
@@ -23,7 +24,9 @@ class FastSwinBlock(SwinBlock):
       (:func:`.partition.reorder_tokens`), the token orders kept per (padded
       size, window, shift, device) in ``self.order_cache``;
     * the MLP branch, norm included, through :func:`.mlp.recomputed_mlp`
-      while training when ``recompute_mlp`` is set, and always for CPU
+      while training (recomputing the hidden layer in backward where
+      ``recompute_mlp`` is set and the block's input holds at least
+      ``recompute_from`` bytes, keeping it otherwise), and always for CPU
       inference (where its row chunks are the fast path), unless MLP dropout
       is active or the GELU is approximate;
     * CPU inference with grad disabled: the attention residual a few windows
@@ -31,11 +34,12 @@ class FastSwinBlock(SwinBlock):
       padding, and both residuals added in place.
 
     Attributes:
-        recompute_mlp: set by :func:`~.seam.accelerate_cpu`.
+        recompute_mlp, recompute_from: set by :func:`~.seam.accelerate_cpu`.
         order_cache: token orders of :func:`.partition.window_order`.
     """
 
     recompute_mlp: bool = True
+    recompute_from: int = RECOMPUTE_FROM_BYTES
     order_cache: dict[tuple, tuple[Tensor, Tensor]]
 
     def forward(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
@@ -84,16 +88,20 @@ class FastSwinBlock(SwinBlock):
     def _mlp_branch(self, x: Tensor) -> Tensor:
         """``branch(mlp, norm2, x)``, through the recomputing kernel where it applies."""
         mlp = self.mlp
-        recompute = (
-            (self.recompute_mlp and torch.is_grad_enabled() or use_inference_chunks(x))
+        grad = torch.is_grad_enabled()
+        kernel = (
+            (grad or use_inference_chunks(x))
             and (mlp.drop.p == 0.0 or not self.training)
             and mlp.act.approximate == "none"
         )
-        if not recompute:
+        if not kernel:
             return self.branch(mlp, self.norm2, x)
+        keep = grad and not recompute_here(self.recompute_mlp, x, self.recompute_from)
         if self.post_norm:
-            return self.norm2(recomputed_mlp(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias))
+            return self.norm2(
+                recomputed_mlp(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, keep_hidden=keep)
+            )
         norm = self.norm2
         return recomputed_mlp(
-            x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, norm.weight, norm.bias, norm.eps
+            x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, norm.weight, norm.bias, norm.eps, keep
         )

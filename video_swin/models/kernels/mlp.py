@@ -47,39 +47,46 @@ class _RecomputedMlp(torch.autograd.Function):
     """[LayerNorm ->] fc1 -> GELU -> fc2 that keeps only its input for backward; see :func:`recomputed_mlp`."""
 
     @staticmethod
-    def forward(ctx, x, norm_weight, norm_bias, eps, w1, b1, w2, b2):  # noqa: ANN001, ANN205 (autograd signature)
+    def forward(ctx, x, norm_weight, norm_bias, eps, w1, b1, w2, b2, keep_hidden):  # noqa: ANN001, ANN205
         x2 = x.reshape(-1, x.shape[-1])  # (M, C)
         onednn = use_onednn(x2, w1, w2)
-        chunks = row_chunks(x2.shape[0], w1.shape[0], w1.element_size(), x2.device)
+        # Keeping the hidden layer: one pass over all rows, its pre-GELU values kept for backward.
+        chunks = [slice(0, x2.shape[0])] if keep_hidden else row_chunks(x2.shape[0], w1.shape[0], w1.element_size(), x2.device)
         out = None if len(chunks) == 1 else x2.new_empty(x2.shape[0], w2.shape[0], dtype=w1.dtype)  # (M, C_out)
+        hidden = None
         for rows in chunks:
             y = x2[rows]
             if norm_weight is not None:
                 y = F.layer_norm(y, (y.shape[-1],), norm_weight, norm_bias, eps)
-            o = mm(_fc1_gelu(y.to(w1.dtype), w1, b1, onednn), w2, b2, onednn)  # (rows, C_out), in w1's dtype
+            if keep_hidden:
+                hidden = mm(y.to(w1.dtype), w1, b1, onednn)  # (M, hidden), before GELU
+                o = mm(F.gelu(hidden), w2, b2, onednn)
+            else:
+                o = mm(_fc1_gelu(y.to(w1.dtype), w1, b1, onednn), w2, b2, onednn)  # (rows, C_out), in w1's dtype
             if out is None:
                 out = o
             else:
                 out[rows] = o
-        ctx.save_for_backward(x2, norm_weight, norm_bias, w1, b1, w2)
+        ctx.save_for_backward(x2, norm_weight, norm_bias, w1, b1, w2, hidden)
         ctx.eps, ctx.onednn, ctx.x_shape, ctx.chunks = eps, onednn, x.shape, chunks
         return out.view(*x.shape[:-1], w2.shape[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x2, norm_weight, norm_bias, w1, b1, w2 = ctx.saved_tensors
+        x2, norm_weight, norm_bias, w1, b1, w2, hidden = ctx.saved_tensors
         needs, onednn, c = ctx.needs_input_grad, ctx.onednn, x2.shape[-1]
         g2 = grad.reshape(-1, w2.shape[0])  # (M, C_out)
         dx = x2.new_empty(x2.shape) if needs[0] else None
         dnw = dnb = dw1 = db1 = dw2 = db2 = None
         for rows in ctx.chunks:
             x_rows, g = x2[rows], g2[rows]
-            # Recompute the forward's activations (the same kernels, so the same values).
+            # Recompute the forward's activations (the same kernels, so the same values);
+            # the hidden layer only where the forward did not keep it.
             y, mean, rstd = x_rows, None, None
             if norm_weight is not None:
                 y, mean, rstd = torch.native_layer_norm(x_rows, (c,), norm_weight, norm_bias, ctx.eps)
             y = y.to(w1.dtype)
-            h = mm(y, w1, b1, onednn)  # (rows, hidden)
+            h = mm(y, w1, b1, onednn) if hidden is None else hidden[rows]  # (rows, hidden)
             da, dw2_part, db2_part = linear_backward(F.gelu(h), w2, g, (True, needs[6], needs[7]), onednn)
             dw2, db2 = _accumulate(dw2, dw2_part), _accumulate(db2, db2_part)
             dh = torch.ops.aten.gelu_backward(da, h)
@@ -101,7 +108,7 @@ class _RecomputedMlp(torch.autograd.Function):
         dx = None if dx is None else dx.view(ctx.x_shape)
         cast = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
         return (dx, cast(dnw, x2), cast(dnb, x2), None, cast(dw1, w1), cast(db1, w1), cast(dw2, w2),
-                cast(db2, w2))  # fmt: skip
+                cast(db2, w2), None)  # fmt: skip
 
 
 def recomputed_mlp(
@@ -113,8 +120,9 @@ def recomputed_mlp(
     norm_weight: Tensor | None = None,
     norm_bias: Tensor | None = None,
     eps: float = 1e-5,
+    keep_hidden: bool = False,
 ) -> Tensor:
-    """``fc2(gelu(fc1(layer_norm(x))))`` that stores only ``x`` for backward.
+    """``fc2(gelu(fc1(layer_norm(x))))`` that stores only ``x`` (and optionally fc1's output) for backward.
 
     A Swin MLP branch keeps 10 channels' worth of activations per token for
     backward (the norm's input and output, the 4C hidden layer before and
@@ -131,6 +139,10 @@ def recomputed_mlp(
         norm_weight, norm_bias: LayerNorm over C applied first (pre-norm
             blocks), or None for no norm.
         eps: the LayerNorm's eps.
+        keep_hidden: also keep fc1's output (4 channels per token for a
+            Swin MLP) and recompute only the norm and the GELU in backward:
+            no second fc1 GEMM, 5 of the 10 channels kept. The hidden layer
+            is then computed whole, not in row chunks.
 
     Returns:
         Tensor[..., C_out]; under autocast, the layers run in its dtype (the
@@ -141,4 +153,4 @@ def recomputed_mlp(
         dtype = torch.get_autocast_dtype(device)
         w1, b1, w2, b2 = (None if t is None else t.to(dtype) for t in (w1, b1, w2, b2))
     with torch.autocast(device, enabled=False):
-        return _RecomputedMlp.apply(x, norm_weight, norm_bias, eps, w1, b1, w2, b2)
+        return _RecomputedMlp.apply(x, norm_weight, norm_bias, eps, w1, b1, w2, b2, keep_hidden)

@@ -12,7 +12,7 @@ from .attention import FastWindowAttention
 from .block import FastSwinBlock
 from .linear import FastLinear
 from .machine import cpu_profile
-from .switches import set_machine_choices
+from .switches import RECOMPUTE_FROM_BYTES, set_machine_choices
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -23,7 +23,7 @@ _REFERENCE: dict[type[nn.Module], type[nn.Module]] = {
     FastWindowAttention: WindowAttention,
     FastLinear: nn.Linear,
 }
-_FAST_ATTRIBUTES = ("recompute_mlp", "recompute_qkv", "order_cache")
+_FAST_ATTRIBUTES = ("recompute_mlp", "recompute_qkv", "recompute_from", "order_cache")
 
 
 def _linears(module: nn.Module) -> list[nn.Module]:
@@ -37,7 +37,14 @@ def _linears(module: nn.Module) -> list[nn.Module]:
     return []
 
 
-def accelerate_cpu(model: M, *, recompute_mlp: bool = True, recompute_qkv: bool = True, enabled: bool = True) -> M:
+def accelerate_cpu(
+    model: M,
+    *,
+    recompute_mlp: bool = True,
+    recompute_qkv: bool = True,
+    recompute_from: int = RECOMPUTE_FROM_BYTES,
+    enabled: bool = True,
+) -> M:
     """Puts the CPU fast paths into a built model, in place; returns the model.
 
     Swaps blocks, attentions and the core's linear layers for subclasses
@@ -55,7 +62,7 @@ def accelerate_cpu(model: M, *, recompute_mlp: bool = True, recompute_qkv: bool 
         model: a :class:`~video_swin.models.SwinTransformer` or any module containing its parts.
         recompute_mlp: keep only each MLP branch's input for backward and
             recompute the rest there: 9 of its 10 channels per token, for one
-            more fc1 forward per block.
+            more fc1 forward per block. False: keep fc1's output too.
         recompute_qkv: keep the attention's input rather than its qkv
             projection for backward: 2 channels per token fewer, for one more
             qkv forward per block.
@@ -77,9 +84,9 @@ def accelerate_cpu(model: M, *, recompute_mlp: bool = True, recompute_qkv: bool 
         elif type(module) is WindowAttention:
             module.__class__ = FastWindowAttention
         if type(module) is FastSwinBlock:
-            module.recompute_mlp = recompute_mlp
+            module.recompute_mlp, module.recompute_from = recompute_mlp, recompute_from
         elif type(module) is FastWindowAttention:
-            module.recompute_qkv = recompute_qkv
+            module.recompute_qkv, module.recompute_from = recompute_qkv, recompute_from
     return model
 
 

@@ -115,3 +115,17 @@ def cpu_compute_dtype(*tensors: Tensor | None) -> torch.dtype | None:
 def plain_cpu(*tensors: Tensor | None) -> bool:
     """float32 CPU tensors, no autocast, eager mode: where the float32-only fast paths (oneDNN linears) apply."""
     return cpu_compute_dtype(*tensors) == torch.float32
+
+
+# Blocks recompute activations in backward (their MLP's hidden layer, their attention's qkv projection)
+# only where their token map, (B, *S, C), holds at least this many bytes, and keep them elsewhere. A
+# Swin stage has a quarter of the previous one's tokens at twice the channels: every block costs about
+# the same time, but the activations it keeps halve from stage to stage, so recomputing in the large
+# early maps saves most of the memory for a fraction of the time. Measured on AMD EPYC Zen 3, 2 cores,
+# 2x3x16x224x224 (docs/BENCHMARKS.md, "Recompute where the maps are large"): stages 1-2 of swin3d_t.
+RECOMPUTE_FROM_BYTES = 8 * 2**20
+
+
+def recompute_here(option: bool, x: Tensor, from_bytes: int) -> bool:
+    """Whether a block with recompute ``option`` on recomputes for input ``x``: its bytes at least ``from_bytes``."""
+    return option and x.numel() * x.element_size() >= from_bytes
