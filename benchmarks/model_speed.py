@@ -112,9 +112,9 @@ def main() -> None:
                         help="apply accelerate_cpu to ours (default: on)")  # fmt: skip
     parser.add_argument("--recompute", default="mlp,qkv", metavar="mlp,qkv|none",
                         help="accelerate_cpu's recompute options that are on (default: mlp,qkv)")  # fmt: skip
-    parser.add_argument("--recompute-from", type=int, metavar="BYTES",
+    parser.add_argument("--recompute-from", type=int, default=kernels.RECOMPUTE_FROM_BYTES, metavar="BYTES",
                         help="accelerate_cpu's recompute_from: recompute only in blocks whose input holds at least "
-                             "this many bytes (default: accelerate_cpu's, 8 MiB; 0: every block)")  # fmt: skip
+                             "this many bytes (default: accelerate_cpu's, %(default)s; 0: every block)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write all figures to this file")
     parser.add_argument("--memory-child", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     parser.add_argument("--memory-mode", choices=("train", "infer"), default="train", help=argparse.SUPPRESS)
@@ -129,9 +129,8 @@ def main() -> None:
     recompute = {item.strip() for item in args.recompute.split(",")} - {"none", ""}
     if recompute - {"mlp", "qkv"}:
         parser.error(f"--recompute: expected mlp, qkv or none, got {args.recompute!r}")
-    args.seam = {"enabled": args.seam == "on", "recompute_mlp": "mlp" in recompute, "recompute_qkv": "qkv" in recompute}
-    if args.recompute_from is not None:
-        args.seam["recompute_from"] = args.recompute_from
+    args.seam = {"enabled": args.seam == "on", "recompute_mlp": "mlp" in recompute, "recompute_qkv": "qkv" in recompute,
+                 "recompute_from": args.recompute_from}  # fmt: skip
     if args.memory_child:
         memory_child(args)
         return

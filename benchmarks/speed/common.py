@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 import video_swin
 from video_swin.checkpoints import load_checkpoint
-from video_swin.models.kernels import accelerate_cpu
+from video_swin.models.kernels import RECOMPUTE_FROM_BYTES, accelerate_cpu
 
 MODEL = "swin3d_t"
 # How users get the CPU speed: accelerate_cpu with its defaults.
-SEAM = {"enabled": True, "recompute_mlp": True, "recompute_qkv": True}
+SEAM = {"enabled": True, "recompute_mlp": True, "recompute_qkv": True, "recompute_from": RECOMPUTE_FROM_BYTES}
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

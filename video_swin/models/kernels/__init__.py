@@ -10,10 +10,11 @@ these paths where they apply and the reference computation elsewhere:
 
 * :mod:`.attention`: window attention through PyTorch's fused CPU flash
   kernel, with a chunked backward that also gives the bias its gradient;
-  optionally recomputing the qkv projection in backward.
+  recomputing the qkv projection in backward where the map is large.
 * :mod:`.linear`: linear layers through oneDNN (float32 CPU), where
   :mod:`.machine` measured it faster than ATen on this machine.
-* :mod:`.mlp`: the MLP branch keeping only its input for backward, in row chunks.
+* :mod:`.mlp`: the MLP branch keeping only its input for backward, in row
+  chunks, where the map is large (``recompute_from``); fc1's output too elsewhere.
 * :mod:`.partition`: cyclic shift + window partition as one gather.
 * :mod:`.inference`: inference a few windows at a time.
 * :mod:`.block`: the block that puts them together.
@@ -33,9 +34,10 @@ from .machine import CpuProfile, cpu_profile
 from .mlp import recomputed_mlp
 from .partition import reorder_tokens, window_order
 from .seam import accelerate_cpu, is_accelerated, reference
-from .switches import fast_paths, linear_backend, set_fast_paths, set_linear_backend
+from .switches import RECOMPUTE_FROM_BYTES, fast_paths, linear_backend, set_fast_paths, set_linear_backend
 
 __all__ = [
+    "RECOMPUTE_FROM_BYTES",
     "CpuProfile",
     "FastLinear",
     "FastSwinBlock",
