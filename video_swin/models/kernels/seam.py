@@ -64,8 +64,12 @@ def accelerate_cpu(
             recompute the rest there: 9 of its 10 channels per token, for one
             more fc1 forward per block. False: keep fc1's output too.
         recompute_qkv: keep the attention's input rather than its qkv
-            projection for backward: 2 channels per token fewer, for one more
+            projection for backward: 3 channels per token fewer, for one more
             qkv forward per block.
+        recompute_from: both recomputes happen only in blocks whose input
+            (B x tokens x C) holds at least this many bytes; smaller maps
+            keep their activations. Default
+            :data:`~.switches.RECOMPUTE_FROM_BYTES` (8 MiB); 0: every block.
         enabled: False: the same as :func:`reference`.
 
     Returns:
