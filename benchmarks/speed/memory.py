@@ -84,9 +84,8 @@ def memory_child(args: argparse.Namespace) -> None:
 def seam_cli(seam: dict) -> list[str]:
     """``accelerate_cpu`` arguments as the script's ``--seam``/``--recompute``/``--recompute-from`` options."""
     recompute = [name for name in ("mlp", "qkv") if seam.get(f"recompute_{name}", True)]
-    threshold = [] if "recompute_from" not in seam else ["--recompute-from", str(seam["recompute_from"])]
     return ["--seam", "on" if seam.get("enabled", True) else "off", "--recompute", ",".join(recompute) or "none",
-            *threshold]  # fmt: skip
+            "--recompute-from", str(seam.get("recompute_from", kernels.RECOMPUTE_FROM_BYTES))]  # fmt: skip
 
 
 def start_memory_child(args: argparse.Namespace, name: str, mode: str, allocator: str, *, sets: list[str],

@@ -51,7 +51,10 @@ class _RecomputedMlp(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])  # (M, C)
         onednn = use_onednn(x2, w1, w2)
         # Keeping the hidden layer: one pass over all rows, its pre-GELU values kept for backward.
-        chunks = [slice(0, x2.shape[0])] if keep_hidden else row_chunks(x2.shape[0], w1.shape[0], w1.element_size(), x2.device)
+        chunks = (
+            [slice(0, x2.shape[0])] if keep_hidden
+            else row_chunks(x2.shape[0], w1.shape[0], w1.element_size(), x2.device)
+        )  # fmt: skip
         out = None if len(chunks) == 1 else x2.new_empty(x2.shape[0], w2.shape[0], dtype=w1.dtype)  # (M, C_out)
         hidden = None
         for rows in chunks:
