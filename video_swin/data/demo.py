@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .annotations import clear_scan_cache
+from .processes import worker_context
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def make_demo_data(
                 jobs += [(str(out), seed, split, split_id, class_id, k, motion, reverse) for k in range(count)]
     workers = workers or min(2, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 8:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
             rows = list(pool.map(_make_one, jobs, chunksize=8))
     else:
         rows = [_make_one(job) for job in jobs]
