@@ -242,6 +242,7 @@ def check_config(config: Mapping[str, Any], args: Mapping[str, Any], config_file
     """
     import torch
 
+    from .checkpoints.loading import _depths
     from .models import create_model
     from .models.registry import model_config
 
@@ -274,12 +275,7 @@ def check_config(config: Mapping[str, Any], args: Mapping[str, Any], config_file
     for key, saved in (("embed_dim", patch[0]), ("in_chans", patch[1]), ("patch_size", list(patch[2:]))):
         if key in full and full[key] != saved:
             raise unfit(key, full[key], "patch_embed.proj.weight", patch)
-    blocks: dict[int, set[int]] = {}
-    for key in shapes:
-        parts = key.split(".")
-        if len(parts) > 3 and parts[0] == "layers" and parts[2] == "blocks" and parts[1].isdigit() and parts[3].isdigit():
-            blocks.setdefault(int(parts[1]), set()).add(int(parts[3]))
-    saved_depths = [len(blocks.get(i, ())) for i in range(max(blocks) + 1)] if blocks else []
+    saved_depths = list(_depths(shapes) or ())  # blocks per stage, from the names alone
     if "depths" in full and list(full["depths"]) != saved_depths:
         raise CheckpointError(f"{field('depths')} = {full['depths']!r:.80} does not fit the weights in {weights_file} "
                               f"(blocks per stage there: {saved_depths}); the config and the weights are not from "
@@ -302,13 +298,36 @@ def check_config(config: Mapping[str, Any], args: Mapping[str, Any], config_file
     missing = sorted(wanted.keys() - shapes.keys())
     extra = sorted(shapes.keys() - wanted.keys())
     if missing or extra:
-        listed = "; ".join(f"{what}: {', '.join(names[:3])}" + (f" ... ({len(names)} in all)" if len(names) > 3 else "")
-                           for what, names in (("missing from the file", missing), ("not in the model", extra)) if names)
+        listed = "; ".join(
+            f"{what}: {', '.join(names[:3])}" + (f" ... ({len(names)} in all)" if len(names) > 3 else "")
+            for what, names in (("missing from the file", missing), ("not in the model", extra)) if names)
         raise CheckpointError(f"{weights_file}: does not fit {name} with the arguments of {config_file} ({listed})")
     for key, shape in wanted.items():
         if shapes[key] != shape:
-            raise CheckpointError(f"{weights_file}: does not fit {name} with the arguments of {config_file}: "
-                                  f"{key} has shape {shapes[key]} in the file, {shape} in the model")
+            arg = _argument_of(key, shapes[key], shape)
+            named = (f"model_args.{arg} = {full.get(arg)!r:.60} of {config_file}" if arg
+                     else f"the model_args of {config_file}")
+            raise CheckpointError(f"{weights_file}: does not fit {name} with {named}: {key} has shape "
+                                  f"{shapes[key]} in the file, {shape} from the config")
+
+
+# Which constructor argument sets a dimension of a tensor (name pattern, dimension -> argument).
+_SHAPE_ARGUMENTS = (
+    ("relative_position_bias_table", {0: "window_size", 1: "num_heads"}),
+    ("attn.logit_scale", {0: "num_heads"}),
+    ("attn.cpb_mlp.2.weight", {0: "num_heads"}),
+    ("mlp.fc1.", {0: "mlp_ratio"}),
+    ("mlp.fc2.", {1: "mlp_ratio"}),
+)
+
+
+def _argument_of(key: str, saved: tuple[int, ...], built: tuple[int, ...]) -> str | None:
+    """The argument whose value gives ``key`` the shape ``built`` instead of ``saved``, where one does."""
+    differ = [i for i, (a, b) in enumerate(zip(saved, built)) if a != b] or [0]
+    for pattern, dims in _SHAPE_ARGUMENTS:
+        if pattern in key and differ[0] in dims:
+            return dims[differ[0]]
+    return None
 
 
 def push_to_hub(
