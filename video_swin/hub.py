@@ -151,9 +151,15 @@ def from_pretrained(
         The model in eval mode, ``model.classes`` set (or None) and
         ``model.hub_config`` holding the whole ``config.json``.
 
+    ``config.json`` is checked against the weights' header before the model is
+    built (:func:`check_config`): a malformed file, a field of the wrong type,
+    a class list of another length than the head, or sizes the tensors do not
+    have (a huge ``embed_dim`` included) fail before any memory is allocated.
+
     Raises:
         CheckpointError: not a saved model, offline without a cached copy, or
-            weights that do not fit the saved arguments.
+            a config.json that is malformed or does not fit the weights (naming
+            the file and the field).
     """
     from safetensors.torch import load_file
 
