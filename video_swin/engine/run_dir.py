@@ -243,6 +243,8 @@ def prepare_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         _write_marker(folder)
         return
+    if not os.access(folder, os.W_OK | os.X_OK):  # before anything: a resumed run would fail at its first write
+        raise ConfigError(f"output_dir {folder}: cannot write in it (no write permission); choose a writable folder")
     # a run that stopped before writing anything else (a config mistake) leaves only these
     existing = sorted(p for p in folder.iterdir() if p.name not in (LOCK_FILE, MARKER))
     names = _names(p.name for p in existing)
