@@ -31,7 +31,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .pretrained import offline
 
 CONFIG_NAME = "config.json"
@@ -369,11 +369,18 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     evaluation ran, ``RUN_DIR/eval/metrics.json``; the card lists the config
     and those metrics, and ``config.json`` records the run's test-time settings.
 
+    ``out_dir`` must be absent, empty of the three names, or an earlier export
+    (its ``config.json`` in this format): a ``README.md`` or ``config.json``
+    that no export wrote is never replaced. Other files in it are left alone.
+
     Raises:
         CheckpointError: no final weights in the folder (an unfinished run).
+        ConfigError: ``out_dir`` is a file, or holds files of those names that
+            no export wrote (nothing is written then).
     """
     from .checkpoints import load_model
 
+    _check_export_folder(Path(out_dir))
     run = Path(run_dir)
     weights = run / "model.safetensors"
     if not weights.is_file():
@@ -395,3 +402,21 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         metrics = {**(metrics or {}), "step": meta["step"]}
     return save_pretrained(model, out_dir, classes=meta.get("classes"), eval=test or None,
                            training_config=cfg or None, metrics=metrics)
+
+
+def _check_export_folder(out: Path) -> None:
+    """Refuses a folder whose ``config.json``, ``model.safetensors`` or ``README.md`` an export did not write."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"OUT_DIR {out} is a file, not a folder; choose a folder to write the model into")
+    present = [name for name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) if os.path.lexists(out / name)]
+    if not present:
+        return
+    try:
+        ours = json.loads((out / CONFIG_NAME).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours or any((out / name).is_symlink() for name in present):
+        raise ConfigError(
+            f"OUT_DIR {out} holds {', '.join(present)} that no export wrote (no {CONFIG_NAME} of format {FORMAT}); "
+            f"they would be replaced: choose an empty or new folder (nothing was written)"
+        )

@@ -179,7 +179,9 @@ def save_state(accelerator: Accelerator, checkpoints_dir: Path, counters: dict[s
     _step_together(accelerator, write, "writing", tmp, checkpoints_dir, step)
     _step_together(accelerator, publish, "finishing", tmp, checkpoints_dir, step)
     if main:
-        complete = sorted(list_states(checkpoints_dir), key=lambda p: p[0])
+        # only the folders save_state names: a state copied aside under another name is the user's
+        complete = sorted((s for s in list_states(checkpoints_dir) if re.fullmatch(r"step_\d+", s[1].name)),
+                          key=lambda p: p[0])  # fmt: skip
         for _, old in complete[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
