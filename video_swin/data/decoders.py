@@ -22,6 +22,19 @@ and every backend is either exact for a file or not used for it:
   installed and exact for it (the fastest first: on Kinetics-shaped files
   TorchCodec took 0.78x decord's CPU time per clip, docs/BENCHMARKS.md).
 
+The rules above only recognise the encodings met so far; the next encoder
+variant may slip past them. So a fast backend (decord, TorchCodec) is also
+**verified** on each file before it is trusted with it, once per file
+(:func:`verify_backend`): it reads probe frames around a few keyframes spread
+over the file (the last frame before each, the keyframe and the frame after,
+each group reached by its own seeks as well as in one batch) and the file's
+first and last frames; they must equal the frames PyAV gives by timestamp.
+Where they differ, the file is read by the next backend (PyAV at the end),
+with a line at INFO level; the verdict is kept with the file's frame index
+(memory and disk cache). This holds for a backend named explicitly too:
+``get_decoder("decord")`` falls back to PyAV on such a file, and a bare
+:class:`DecordDecoder` raises DecodeError rather than return another frame.
+
 Rotation tags (phone video) are applied by every backend the same way: the
 frames come out as a player shows them.
 
@@ -45,7 +58,7 @@ import torch.utils.dlpack
 
 from ..errors import first_line
 from .decoder_base import DecodeError, Decoder, IndexSelector
-from .frame_index import FrameIndex, get_frame_index
+from .frame_index import FrameIndex, get_frame_index, store_verdicts
 from .isolated import isolate
 
 logger = logging.getLogger(__name__)
@@ -55,6 +68,8 @@ DECODER_NAMES = ("decord", "pyav", "torchcodec", "auto")
 _MP4_FAMILY = "mov,mp4,m4a,3gp,3g2,mj2"
 _MATROSKA = "matroska,webm"
 _SEEK_RETRIES = 3  # earlier keyframes tried when a seek lands past the wanted frame
+_PROBED_KEYFRAMES = 3  # keyframes (besides the first) around which a fast backend is verified
+_PROBE_TOLERANCE = 3.0  # mean |difference| (0-255) a probe frame may have from the exact one (colour conversion)
 
 _decord: ModuleType | None = None
 
@@ -113,9 +128,20 @@ def _rotate(frames: torch.Tensor, rotation: int) -> torch.Tensor:
 class Backend(Decoder):
     """One decoding library, exact for the files :meth:`unsuitable` does not refuse."""
 
+    #: Whether its frames are checked against the exact path (PyAV) before a file is trusted to it.
+    verified: bool = True
+
     def unsuitable(self, index: FrameIndex) -> str | None:
         """Why this backend is not exact for a file with ``index``; None when it is."""
         return None
+
+    def verdict_key(self) -> str:
+        """What a stored verdict is filed under: the backend and its version."""
+        return self.name
+
+    def probe(self, path: str | Path, index: FrameIndex, calls: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Frames of each sorted position array in ``calls``, read in that order (one decoder where possible)."""
+        return [self.decode(path, index, positions) for positions in calls]
 
     @abc.abstractmethod
     def decode(self, path: str | Path, index: FrameIndex, positions: np.ndarray) -> torch.Tensor:
@@ -154,8 +180,11 @@ def _read_exact(path: str | Path, select: IndexSelector, backends: Sequence[Back
     _check_indices(path, indices, len(index))
     unique, inverse = np.unique(indices, return_inverse=True)
     failures: list[str] = []
+    broke = False  # a backend that should have read the file failed (not one its rules or verdict ruled out)
     for backend in backends:
         reason = backend.unsuitable(index)
+        if reason is None and backend.verified:
+            reason = verify_backend(path, index, backend)
         if reason is not None:
             failures.append(f"{backend.name}: {reason}")
             continue
@@ -163,12 +192,14 @@ def _read_exact(path: str | Path, select: IndexSelector, backends: Sequence[Back
             frames = backend.decode(path, index, unique)
         except DecodeError as exc:
             failures.append(f"{backend.name}: {exc.reason}")
+            broke = True
             continue
         expected = (unique.size, *_shown_size(index), 3)
         if tuple(frames.shape) != expected:
             failures.append(f"{backend.name}: frames of shape {tuple(frames.shape)}, expected {expected}")
+            broke = True
             continue
-        if failures and any(b.unsuitable(index) is None for b in backends[: backends.index(backend)]):
+        if broke:
             # a backend that should have read the file failed: say so (once per process)
             log = logger.debug if _warned else logger.warning
             log("%s: %s; decoded with %s instead (warned once per process)", path, failures[-1], backend.name)
@@ -177,6 +208,74 @@ def _read_exact(path: str | Path, select: IndexSelector, backends: Sequence[Back
             frames = frames[torch.from_numpy(inverse.reshape(-1))]
         return frames, indices
     raise DecodeError(path, "; ".join(failures))
+
+
+def probe_positions(index: FrameIndex) -> list[np.ndarray]:
+    """Groups of positions a fast backend is verified at, the file's end first, then backwards.
+
+    Around up to ``_PROBED_KEYFRAMES`` keyframes spread over the file: the last frame
+    before the keyframe, the keyframe, the frame after; the last three frames; the first two.
+    """
+    n = len(index)
+    keys = [int(k) for k in index.keyframes if 0 < k < n]
+    if len(keys) > _PROBED_KEYFRAMES:
+        spread = np.linspace(0, len(keys) - 1, _PROBED_KEYFRAMES).round().astype(int)
+        keys = [keys[i] for i in spread]
+    groups = [np.arange(max(n - 3, 0), n)]
+    groups += [np.arange(k - 1, min(k + 2, n)) for k in reversed(keys)]
+    groups.append(np.arange(0, min(2, n)))
+    return [g.astype(np.int64) for g in groups]
+
+
+def verify_backend(path: str | Path, index: FrameIndex, backend: Backend) -> str | None:
+    """Whether ``backend`` gives the exact frames of ``path``: None when it does, else why not.
+
+    Once per file and backend: the verdict is stored in ``index.verdicts`` and in the
+    frame index's disk cache. Each probe group (:func:`probe_positions`) is read with
+    a seek per frame, last first, and then in one batch, and compared with PyAV's
+    frames by timestamp: each probe frame must be within ``_PROBE_TOLERANCE`` of the
+    exact frame and no nearer to another probed frame. Where PyAV cannot read the
+    probes either, nothing is stored and the backend is used as its rules allow.
+    """
+    key = backend.verdict_key()
+    verdict = index.verdicts.get(key)
+    if verdict is None:
+        verdict = _compare_with_exact(path, index, backend)
+        if verdict is None:  # no reference: unverified, not stored
+            return None
+        index.verdicts[key] = verdict
+        store_verdicts(path, index)
+        if verdict:
+            logger.info("%s: %s; reading it with the exact path instead", path, verdict)
+    return verdict or None
+
+
+def _compare_with_exact(path: str | Path, index: FrameIndex, backend: Backend) -> str | None:
+    """"" when ``backend`` matches PyAV at the probes, the difference when not, None without a reference."""
+    groups = probe_positions(index)
+    positions = np.unique(np.concatenate(groups))
+    try:
+        reference = PyAVDecoder().decode(path, index, positions).float()
+    except DecodeError as exc:
+        logger.debug("%s: cannot verify %s (PyAV: %s)", path, backend.name, exc.reason)
+        return None
+    calls = [c for g in groups for c in [*(g[i : i + 1] for i in range(g.size - 1, -1, -1)), g]]
+    try:
+        got = backend.probe(path, index, calls)
+    except DecodeError as exc:
+        return exc.reason
+    slot = {int(p): i for i, p in enumerate(positions.tolist())}
+    for call, frames in zip(calls, got, strict=True):
+        if tuple(frames.shape) != (call.size, *reference.shape[1:]):
+            return f"{backend.name} gives frames of shape {tuple(frames.shape)} at the probe frames"
+        for position, frame in zip(call.tolist(), frames.float(), strict=True):
+            distances = (reference - frame).abs().flatten(1).mean(1)  # to every exact probe frame
+            own = float(distances[slot[position]])
+            nearest = int(positions[int(distances.argmin())])
+            if own > _PROBE_TOLERANCE or float(distances.min()) < own:
+                return (f"{backend.name} returns another frame than the exact path at frame {position} "
+                        f"(nearest exact frame: {nearest}, mean difference {own:.1f})")  # fmt: skip
+    return ""
 
 
 def _shown_size(index: FrameIndex) -> tuple[int, int]:
@@ -193,6 +292,7 @@ class PyAVDecoder(Backend):
     """
 
     name = "pyav"
+    verified = False  # the exact path itself
 
     def __init__(self, thread_type: str = "AUTO", thread_count: int = 1) -> None:
         self.thread_type = thread_type
@@ -240,7 +340,9 @@ def _decode_by_timestamp(path, container, stream, index: FrameIndex, wanted: lis
             if attempt == _SEEK_RETRIES + 1:
                 key = int(index.keyframes[0])  # last resort: the first keyframe
             container.seek(int(index.pts[key]), stream=stream, backward=True, any_frame=False)
-            i, overshot = _decode_run(container, stream, index, key, wanted, wanted_set, i, out)
+            # after a failed seek, decode straight through the keyframe that failed (periodic
+            # intra refresh: a flagged frame the decoder cannot start from)
+            i, overshot = _decode_run(container, stream, index, key, wanted, wanted_set, i, out, jump=attempt == 0)
             if not overshot:
                 break
             k = int(np.searchsorted(index.keyframes, key)) - 1  # the keyframe before this one
@@ -252,9 +354,11 @@ def _decode_by_timestamp(path, container, stream, index: FrameIndex, wanted: lis
     return out
 
 
-def _decode_run(container, stream, index, key, wanted, wanted_set, i, out) -> tuple[int, bool]:
+def _decode_run(container, stream, index, key, wanted, wanted_set, i, out, jump=True) -> tuple[int, bool]:
     """Decodes forward from a seek to keyframe ``key``.
 
+    ``jump``: stop where a later keyframe comes before the next wanted frame (the
+    caller seeks to it); False decodes on instead.
     Returns the next wanted slot and whether the seek landed past the wanted frame.
     """
     for frame in container.decode(stream):
@@ -270,7 +374,7 @@ def _decode_run(container, stream, index, key, wanted, wanted_set, i, out) -> tu
             i += 1
         if i == len(wanted):
             return i, False
-        if index.keyframe_before(wanted[i]) > pos:  # a keyframe comes first: seek to it
+        if jump and index.keyframe_before(wanted[i]) > pos:  # a keyframe comes first: seek to it
             return i, False
     return i, False
 
@@ -328,11 +432,17 @@ class DecordDecoder(Backend):
             frames = self._batch(path, reader.reader, unique)
         return frames[torch.from_numpy(inverse.reshape(-1))], indices
 
+    def verdict_key(self) -> str:
+        return f"decord {getattr(_import_decord(), '__version__', '?')}"
+
     def decode(self, path: str | Path, index: FrameIndex, positions: np.ndarray) -> torch.Tensor:
+        return self.probe(path, index, [positions])[0]
+
+    def probe(self, path: str | Path, index: FrameIndex, calls: Sequence[np.ndarray]) -> list[torch.Tensor]:
         with self._open(path) as reader:
             if len(reader) != len(index):
                 raise DecodeError(path, f"decord counts {len(reader)} frames, the frame index {len(index)}")
-            return self._batch(path, reader.reader, positions)
+            return [self._batch(path, reader.reader, positions) for positions in calls]
 
     def _open(self, path: str | Path) -> _DecordReader:
         decord = _import_decord()
@@ -388,7 +498,15 @@ class TorchCodecDecoder(Backend):
             return "no usable timestamps"
         return None
 
+    def verdict_key(self) -> str:
+        import torchcodec  # noqa: PLC0415
+
+        return f"torchcodec {getattr(torchcodec, '__version__', '?')}"
+
     def decode(self, path: str | Path, index: FrameIndex, positions: np.ndarray) -> torch.Tensor:
+        return self.probe(path, index, [positions])[0]
+
+    def probe(self, path: str | Path, index: FrameIndex, calls: Sequence[np.ndarray]) -> list[torch.Tensor]:
         from torchcodec.decoders import VideoDecoder  # noqa: PLC0415
 
         try:
@@ -397,12 +515,12 @@ class TorchCodecDecoder(Backend):
             count = decoder.metadata.num_frames
             if count != len(index):
                 raise DecodeError(path, f"TorchCodec counts {count} frames, the frame index {len(index)}")
-            frames = decoder.get_frames_at(positions.tolist()).data  # (U, H, W, 3)
+            # (U, H, W, 3) per call
+            return [decoder.get_frames_at(positions.tolist()).data.contiguous() for positions in calls]
         except DecodeError:
             raise
         except Exception as exc:
             raise DecodeError(path, f"TorchCodec failed: {first_line(exc)}") from exc
-        return frames.contiguous()
 
 
 def get_decoder(name: str | Decoder = "decord", *, num_threads: int = 1, timeout: float | None = None) -> Decoder:
