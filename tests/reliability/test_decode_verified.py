@@ -108,7 +108,8 @@ def test_every_frame_through_every_backend(corpus, encoding, backend):
     for key in keys:
         for wanted in ([key - 1], [key], [key + 1], [key - 1, key, key + 1]):
             wanted = [i for i in wanted if 0 <= i < n]
-            assert_exact(path, decoder.get_frames(path, wanted), wanted, enc.rotation, (encoding, backend, wanted))
+            if wanted:
+                assert_exact(path, decoder.get_frames(path, wanted), wanted, enc.rotation, (encoding, backend, wanted))
     wanted = sorted(np.random.default_rng(n).choice(n, 8, replace=False).tolist())
     assert_exact(path, decoder.get_frames(path, wanted), wanted, enc.rotation, (encoding, backend, wanted))
 

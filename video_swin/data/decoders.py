@@ -27,7 +27,7 @@ variant may slip past them. So a fast backend (decord, TorchCodec) is also
 **verified** on each file before it is trusted with it, once per file
 (:func:`verify_backend`): it reads probe frames around a few keyframes spread
 over the file (the last frame before each, the keyframe and the frame after,
-each group reached by its own seeks as well as in one batch) and the file's
+reached by seeks and by decoding on across a keyframe) and the file's
 first and last frames; they must equal the frames PyAV gives by timestamp.
 Where they differ, the file is read by the next backend (PyAV at the end),
 with a line at INFO level; the verdict is kept with the file's frame index
@@ -69,6 +69,7 @@ _MP4_FAMILY = "mov,mp4,m4a,3gp,3g2,mj2"
 _MATROSKA = "matroska,webm"
 _SEEK_RETRIES = 3  # earlier keyframes tried when a seek lands past the wanted frame
 _PROBED_KEYFRAMES = 3  # keyframes (besides the first) around which a fast backend is verified
+_CANNOT_READ = "cannot read the probe frames: "  # a verdict of a backend that failed, not one that differed
 _PROBE_TOLERANCE = 3.0  # mean |difference| (0-255) a probe frame may have from the exact one (colour conversion)
 
 _decord: ModuleType | None = None
@@ -185,6 +186,7 @@ def _read_exact(path: str | Path, select: IndexSelector, backends: Sequence[Back
         reason = backend.unsuitable(index)
         if reason is None and backend.verified:
             reason = verify_backend(path, index, backend)
+            broke = broke or (reason or "").startswith(_CANNOT_READ)
         if reason is not None:
             failures.append(f"{backend.name}: {reason}")
             continue
@@ -210,30 +212,35 @@ def _read_exact(path: str | Path, select: IndexSelector, backends: Sequence[Back
     raise DecodeError(path, "; ".join(failures))
 
 
-def probe_positions(index: FrameIndex) -> list[np.ndarray]:
-    """Groups of positions a fast backend is verified at, the file's end first, then backwards.
+def probe_calls(index: FrameIndex) -> list[np.ndarray]:
+    """The reads a fast backend is verified with, in order: each a sorted array of positions.
 
-    Around up to ``_PROBED_KEYFRAMES`` keyframes spread over the file: the last frame
-    before the keyframe, the keyframe, the frame after; the last three frames; the first two.
+    The last frame alone (a seek into the last GOP); then, for up to
+    ``_PROBED_KEYFRAMES`` keyframes spread over the file, last first: the frame
+    after the keyframe alone, the keyframe alone, and the last frame before it
+    together with both (a seek into the GOP before, decoding on across the
+    keyframe); then the first frames. Every read starts with a seek backwards, and
+    the costly ones (a GOP decoded) number one per keyframe probed plus one.
     """
     n = len(index)
     keys = [int(k) for k in index.keyframes if 0 < k < n]
     if len(keys) > _PROBED_KEYFRAMES:
         spread = np.linspace(0, len(keys) - 1, _PROBED_KEYFRAMES).round().astype(int)
         keys = [keys[i] for i in spread]
-    groups = [np.arange(max(n - 3, 0), n)]
-    groups += [np.arange(k - 1, min(k + 2, n)) for k in reversed(keys)]
-    groups.append(np.arange(0, min(2, n)))
-    return [g.astype(np.int64) for g in groups]
+    calls = [[n - 1]]
+    for k in reversed(keys):
+        calls += [[k + 1]] if k + 1 < n else []
+        calls += [[k], list(range(k - 1, min(k + 2, n)))]
+    calls += [[1], [0, 1]] if n > 1 else [[0]]
+    return [np.asarray(c, dtype=np.int64) for c in calls]
 
 
 def verify_backend(path: str | Path, index: FrameIndex, backend: Backend) -> str | None:
     """Whether ``backend`` gives the exact frames of ``path``: None when it does, else why not.
 
     Once per file and backend: the verdict is stored in ``index.verdicts`` and in the
-    frame index's disk cache. Each probe group (:func:`probe_positions`) is read with
-    a seek per frame, last first, and then in one batch, and compared with PyAV's
-    frames by timestamp: each probe frame must be within ``_PROBE_TOLERANCE`` of the
+    frame index's disk cache. The probe reads (:func:`probe_calls`) are compared
+    with PyAV's frames by timestamp: each probe frame must be within ``_PROBE_TOLERANCE`` of the
     exact frame and no nearer to another probed frame. Where PyAV cannot read the
     probes either, nothing is stored and the backend is used as its rules allow.
     """
@@ -245,37 +252,45 @@ def verify_backend(path: str | Path, index: FrameIndex, backend: Backend) -> str
             return None
         index.verdicts[key] = verdict
         store_verdicts(path, index)
-        if verdict:
+        if verdict and not verdict.startswith(_CANNOT_READ):  # a failure is reported by the caller
             logger.info("%s: %s; reading it with the exact path instead", path, verdict)
     return verdict or None
 
 
 def _compare_with_exact(path: str | Path, index: FrameIndex, backend: Backend) -> str | None:
     """"" when ``backend`` matches PyAV at the probes, the difference when not, None without a reference."""
-    groups = probe_positions(index)
-    positions = np.unique(np.concatenate(groups))
+    calls = probe_calls(index)
+    positions = np.unique(np.concatenate(calls))
     try:
-        reference = PyAVDecoder().decode(path, index, positions).float()
+        reference = PyAVDecoder().decode(path, index, positions)
     except DecodeError as exc:
         logger.debug("%s: cannot verify %s (PyAV: %s)", path, backend.name, exc.reason)
         return None
-    calls = [c for g in groups for c in [*(g[i : i + 1] for i in range(g.size - 1, -1, -1)), g]]
     try:
         got = backend.probe(path, index, calls)
     except DecodeError as exc:
-        return exc.reason
+        return _CANNOT_READ + exc.reason
     slot = {int(p): i for i, p in enumerate(positions.tolist())}
+    small_reference = _thumbnails(reference)
     for call, frames in zip(calls, got, strict=True):
         if tuple(frames.shape) != (call.size, *reference.shape[1:]):
             return f"{backend.name} gives frames of shape {tuple(frames.shape)} at the probe frames"
-        for position, frame in zip(call.tolist(), frames.float(), strict=True):
-            distances = (reference - frame).abs().flatten(1).mean(1)  # to every exact probe frame
-            own = float(distances[slot[position]])
+        small = _thumbnails(frames)
+        for i, position in enumerate(call.tolist()):
+            own = float((frames[i].float() - reference[slot[position]].float()).abs().mean())
+            # which exact probe frame it resembles most (on thumbnails: cheap on large frames)
+            distances = (small_reference - small[i]).abs().flatten(1).mean(1)
             nearest = int(positions[int(distances.argmin())])
-            if own > _PROBE_TOLERANCE or float(distances.min()) < own:
+            if own > _PROBE_TOLERANCE or float(distances.min()) < float(distances[slot[position]]):
                 return (f"{backend.name} returns another frame than the exact path at frame {position} "
                         f"(nearest exact frame: {nearest}, mean difference {own:.1f})")  # fmt: skip
     return ""
+
+
+def _thumbnails(frames: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> float (N, 3, h, w), block means, at most 32 x 32."""
+    x = frames.permute(0, 3, 1, 2).float()
+    return torch.nn.functional.adaptive_avg_pool2d(x, (min(x.shape[2], 32), min(x.shape[3], 32)))
 
 
 def _shown_size(index: FrameIndex) -> tuple[int, int]:
