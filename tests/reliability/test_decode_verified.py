@@ -23,7 +23,7 @@ from tests.data.corpus import BY_NAME, ENCODINGS, VARIANTS, read_index, read_ind
 from video_swin.data import DecodeError, get_decoder
 from video_swin.data import decoders as decoders_module
 from video_swin.data import frame_index as frame_index_module
-from video_swin.data.decoders import DecordDecoder, PyAVDecoder, decord_available, torchcodec_available
+from video_swin.data.decoders import DecordDecoder, decord_available, torchcodec_available
 from video_swin.data.frame_index import FrameIndex, FrameIndexCache, build_frame_index
 
 REQUIRE_TORCHCODEC = os.environ.get("VIDEO_SWIN_REQUIRE_TORCHCODEC") == "1"
