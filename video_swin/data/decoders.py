@@ -384,7 +384,7 @@ def _decode_run(container, stream, index, key, wanted, wanted_set, i, out, jump=
         if pos > target:
             return i, True
         if pos in wanted_set and pos not in out:
-            out[pos] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+            out[pos] = _rgb(frame)  # (H, W, 3)
         while i < len(wanted) and wanted[i] in out:
             i += 1
         if i == len(wanted):
@@ -394,13 +394,23 @@ def _decode_run(container, stream, index, key, wanted, wanted_set, i, out, jump=
     return i, False
 
 
+def _rgb(frame) -> np.ndarray:
+    """(H, W, 3) uint8 of a decoded frame, converted on this thread.
+
+    FFmpeg's scaler otherwise starts its own slice threads, and a process forked
+    after they existed (a DataLoader worker, a decode helper) can deadlock in their
+    teardown; one frame at a time needs no threads.
+    """
+    return frame.to_ndarray(format="rgb24", threads=1)
+
+
 def _decode_counting(container, stream, wanted: list[int]) -> dict[int, np.ndarray]:
     """For files without usable timestamps: decode from the start, counting frames."""
     out: dict[int, np.ndarray] = {}
     wanted_set, last = set(wanted), wanted[-1]
     for position, frame in enumerate(container.decode(stream)):
         if position in wanted_set:
-            out[position] = frame.to_ndarray(format="rgb24")
+            out[position] = _rgb(frame)
         if position >= last:
             break
     return out
