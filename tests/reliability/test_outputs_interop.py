@@ -1,0 +1,88 @@
+"""Outputs and interoperability (issue 28, items 5, 7 and 8): nothing scored is thrown away, every
+destination is checked before the work, shards are found where prepare wrote them, and a model as
+built exports with torch's own exporters."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from video_swin.models import create_model
+
+# -- item 8b: plain torch.export / torch.onnx.export of a model as built ------------------------------
+
+CLIP = (3, 8, 56, 56)  # 4x14x14 tokens: windows clamped to (4, 7, 7), four windows, shifted blocks
+
+
+@pytest.fixture(scope="module")
+def as_built():
+    """A tiny model as create_model builds it: parameters require grad, several heads, shifted blocks."""
+    torch.manual_seed(0)
+    model = create_model("swin3d_t", num_classes=5, embed_dim=16, depths=(2, 2, 1, 1), num_heads=(1, 2, 2, 2))
+    model.eval()
+    assert all(p.requires_grad for p in model.parameters())
+    return model
+
+
+def _batch_dim():
+    return ({0: torch.export.Dim("batch", min=1)},)
+
+
+def test_plain_torch_export_dynamic_batch(as_built):
+    x = torch.randn(2, *CLIP)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        program = torch.export.export(as_built, (x,), dynamic_shapes=_batch_dim())
+    assigned = [str(w.message) for w in caught if "assigned during export" in str(w.message)]
+    assert not assigned, assigned  # caches of traced tensors on the modules
+    for batch in (1, 3):
+        y = torch.randn(batch, *CLIP)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(y), as_built(y), rtol=1e-4, atol=1e-5)
+
+
+def test_plain_onnx_export_dynamic_batch(as_built, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    x = torch.randn(2, *CLIP)
+    program = torch.onnx.export(as_built, (x,), dynamo=True, dynamic_shapes=_batch_dim(), verbose=False)
+    path = tmp_path / "as_built.onnx"
+    program.save(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for batch in (1, 3):
+        y = torch.randn(batch, *CLIP)
+        (got,) = session.run(None, {name: y.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(got), as_built(y), rtol=1e-4, atol=1e-5)
+
+
+def test_eager_attention_unchanged(as_built):
+    """Outside an export, the attention is the fused call it always was (same numbers, same speed)."""
+    from video_swin.models import attention
+
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    x = torch.randn(1, *CLIP)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(attention.F, "scaled_dot_product_attention", counting)
+        as_built(x)  # with gradients, as in training
+    assert len(calls) == 6  # one per block
+
+
+@pytest.mark.slow
+def test_torchvision_swin3d_exports_the_same_way():
+    """The reference the issue compares with: torchvision's Swin3D, built tiny, passes the same call."""
+    pytest.importorskip("onnxscript")
+    from torchvision.models.video.swin_transformer import SwinTransformer3d
+
+    model = SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=16, depths=[2, 2, 1, 1], num_heads=[1, 2, 2, 2],
+                              window_size=[4, 7, 7], num_classes=5).eval()
+    torch.onnx.export(model, (torch.randn(2, *CLIP),), dynamo=True, dynamic_shapes=_batch_dim(), verbose=False)
