@@ -11,6 +11,8 @@ import torch
 
 from video_swin.models import create_model
 
+from .conftest import free_port, run_main, tiny_data, tiny_overrides  # noqa: F401  (tiny_data: a fixture)
+
 # -- item 8b: plain torch.export / torch.onnx.export of a model as built ------------------------------
 
 CLIP = (3, 8, 56, 56)  # 4x14x14 tokens: windows clamped to (4, 7, 7), four windows, shifted blocks
@@ -86,3 +88,64 @@ def test_torchvision_swin3d_exports_the_same_way():
     model = SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=16, depths=[2, 2, 1, 1], num_heads=[1, 2, 2, 2],
                               window_size=[4, 7, 7], num_classes=5).eval()
     torch.onnx.export(model, (torch.randn(2, *CLIP),), dynamo=True, dynamic_shapes=_batch_dim(), verbose=False)
+
+
+# -- items 7 and 8a: data.shards: the folder prepare wrote, and one line for every shard mistake ------
+
+
+@pytest.fixture(scope="module")
+def shard_folder(tiny_data, tmp_path_factory):
+    """The tiny demo data sharded by prepare --shards (as it is): OUT/shards, the folder its closing line names."""
+    from video_swin.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(tiny_data, out, reencode=False, jobs=2, shards=True, shard_size=4)
+    return out / "shards"
+
+
+def _train_from_shards(capsys, tiny_data, out, shards, **extra):
+    sets = tiny_overrides(tiny_data, out, **{"data.shards": shards, "train.max_steps": 1, "eval.final": "false",
+                                             "data.num_workers": 1, **extra})
+    return run_main(capsys, "train", ["--config", "demo.yaml", "--set", *sets])
+
+
+def test_data_shards_accepts_the_folder_prepare_wrote(tiny_data, shard_folder, tmp_path, capsys):
+    from video_swin.data import ShardSet
+
+    for split in ("train", "val"):
+        assert ShardSet.find(str(shard_folder), split) == ShardSet.find(f"{shard_folder}/{{split}}-*.tar", split)
+    code, err, _ = _train_from_shards(capsys, tiny_data, tmp_path / "run", str(shard_folder))
+    assert code == 0, err
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def _one_error_line(err: list[str]) -> str:
+    errors = [line for line in err if line.startswith("error:")]
+    assert len(errors) == 1 and not any("Traceback" in line for line in err), err
+    return errors[0]
+
+
+def test_data_shards_pointing_nowhere_is_one_line_and_exit_2(tiny_data, tmp_path, capsys):
+    for shards in (f"{tmp_path}/nowhere/{{split}}-*.tar", str(tmp_path / "nowhere")):
+        code, err, _ = _train_from_shards(capsys, tiny_data, tmp_path / "run", shards)
+        assert code == 2 and shards in _one_error_line(err), err
+
+
+def test_a_truncated_shard_is_one_line_naming_it_and_exit_1(tiny_data, shard_folder, tmp_path, capsys):
+    """Found while a DataLoader worker streams it: the data is broken, the run cannot go on (exit 1)."""
+    import shutil
+
+    broken = tmp_path / "shards"
+    shutil.copytree(shard_folder, broken)
+    for shard in broken.glob("train-*.tar"):  # the manifest still lists them whole
+        shard.write_bytes(shard.read_bytes()[:3000])
+    code, err, _ = _train_from_shards(capsys, tiny_data, tmp_path / "run", str(broken))
+    line = _one_error_line(err)
+    assert code == 1 and str(broken / "train-") in line and "damaged shard" in line, err
+
+
+def test_an_unreachable_http_shard_is_one_line_and_exit_2(tiny_data, tmp_path, capsys):
+    url = f"http://127.0.0.1:{free_port()}/{{split}}-{{000000..000001}}.tar"  # nobody listens there
+    code, err, _ = _train_from_shards(capsys, tiny_data, tmp_path / "run", url)
+    line = _one_error_line(err)
+    assert code == 2 and "train-000000.tar" in line and "cannot read" in line, err
