@@ -4,14 +4,18 @@ built exports with torch's own exporters."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from video_swin.models import create_model
 
-from .conftest import free_port, run_main, tiny_data, tiny_overrides  # noqa: F401  (tiny_data: a fixture)
+from .conftest import free_port, run_main, tiny_checkpoint, tiny_data, tiny_overrides  # noqa: F401  (fixtures)
 
 # -- item 8b: plain torch.export / torch.onnx.export of a model as built ------------------------------
 
@@ -149,3 +153,138 @@ def test_an_unreachable_http_shard_is_one_line_and_exit_2(tiny_data, tmp_path, c
     code, err, _ = _train_from_shards(capsys, tiny_data, tmp_path / "run", url)
     line = _one_error_line(err)
     assert code == 2 and "train-000000.tar" in line and "cannot read" in line, err
+
+
+# -- a folder that is read-only for real ---------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder no one can write into, holding the user's file ``notes.txt``.
+
+    Tests run as root, who ignores permission bits: the folder is a tmpfs remounted read-only
+    (skipped where root may not mount); another user gets a folder without write permission.
+    """
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        (folder / "notes.txt").write_bytes(NOTES)
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("root may not mount a tmpfs here, and no other folder is read-only for root")
+    try:
+        (folder / "notes.txt").write_bytes(NOTES)
+        if subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True).returncode:
+            pytest.skip("root may not remount a tmpfs read-only here")
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+NOTES = b"the user's own notes\n" * 100
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# -- item 5: predict checks --out and --features before scoring, writes whole files or .partial ones ----
+
+
+def _predict(capsys, argv):
+    from video_swin.cli import main
+
+    code = main(["predict", *map(str, argv)])
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def _two_videos(tiny_data):
+    return sorted(str(p) for p in (tiny_data / "val").rglob("*.mp4"))[:2]
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fails the test if the model is loaded: the destinations are checked before that (and any scoring)."""
+    import video_swin.engine.predict as predict
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the destinations were checked")
+
+    monkeypatch.setattr(predict, "load_predictor", loaded)
+
+
+def test_predict_into_a_read_only_folder_is_refused_before_scoring(tiny_checkpoint, tiny_data, tmp_path,
+                                                                   read_only, capsys, no_loading):
+    weights, _ = tiny_checkpoint
+    before = _snapshot(read_only)
+    table = tmp_path / "scores.csv"
+    for option, target in (("--features", read_only / "feats.safetensors"), ("--features", read_only / "feats"),
+                           ("--features", read_only), ("--out", read_only / "scores.csv"),
+                           ("--out", read_only / "new" / "scores.jsonl")):
+        extra = ["--out", table] if option == "--features" else []
+        code, err = _predict(capsys, ["--weights", weights, *_two_videos(tiny_data), *extra, option, target])
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {option}:"), (option, target, err)
+        assert str(read_only) in err[0] and "read-only" in err[0], err
+        assert not table.exists()  # nothing scored, nothing written
+    assert _snapshot(read_only) == before
+
+
+def test_predict_into_the_wrong_kind_of_path_is_refused_and_touches_nothing(tiny_checkpoint, tiny_data, tmp_path,
+                                                                            capsys, no_loading):
+    weights, _ = tiny_checkpoint
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_bytes(NOTES)
+    (mine / "sub" / "scores.csv").write_bytes(NOTES)
+    before = _snapshot(mine)
+    cases = [("--features", mine / "notes.txt", "is a file"),  # a folder of .npy files is needed
+             ("--features", mine / "notes.txt" / "feats", "lies under the file"),
+             ("--out", mine / "sub", "is a folder"),
+             ("--out", mine / "notes.txt" / "p.csv", "lies under the file")]
+    for option, target, words in cases:
+        code, err = _predict(capsys, ["--weights", weights, *_two_videos(tiny_data), option, target])
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {option}:") and words in err[0], err
+    code, err = _predict(capsys, ["--weights", weights, *_two_videos(tiny_data), "--out", mine / "p.csv",
+                                  "--features", mine / "p.csv"])
+    assert code == 2 and "same path" in err[0], err
+    assert _snapshot(mine) == before
+
+
+def test_predict_writes_whole_files_and_keeps_what_was_scored_when_stopped(tiny_checkpoint, tiny_data, tmp_path,
+                                                                           capsys, monkeypatch):
+    import csv
+
+    from safetensors.torch import load_file
+
+    import video_swin.engine.predict as predict
+
+    weights, _ = tiny_checkpoint
+    videos = _two_videos(tiny_data)
+    out = tmp_path / "out"
+    args = ["--weights", weights, *videos, "--views", "1x1", "--workers", "0", "--out", out / "p.csv",
+            "--features", out / "f.safetensors"]
+    code, err = _predict(capsys, args)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["f.safetensors", "p.csv"]  # no temporary file left
+    assert sorted(load_file(out / "f.safetensors")) == videos
+
+    real = predict.iter_predictions
+
+    def stopped(*a, **kw):  # the first video scored, then Ctrl-C
+        yield next(iter(real(*a, **kw)))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "iter_predictions", stopped)
+    again = tmp_path / "again"
+    code, err = _predict(capsys, [*args[:-4], "--out", again / "p.csv", "--features", again / "f.safetensors"])
+    assert code == 130
+    # never a half-written file under the final names; what was scored is kept, named .partial
+    assert sorted(p.name for p in again.iterdir()) == ["f.safetensors.partial", "p.csv.partial"], err
+    rows = list(csv.DictReader((again / "p.csv.partial").read_text().splitlines()))
+    assert [r["path"] for r in rows] == videos[:1]
+    assert sorted(load_file(again / "f.safetensors.partial")) == videos[:1]
+    assert any("p.csv.partial" in line for line in err), err
