@@ -311,14 +311,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import check_export, default_input_size, export_model, load_for_export
     from .pretrained import is_pretrained_name
 
+    from .outputs import check_file_destination
+
+    stem = args.weights if is_pretrained_name(args.weights) and not Path(args.weights).exists() else Path(args.weights).stem
+    out = check_file_destination(args.out or f"{stem}.{args.format}", "--out")  # before the (slow) load and export
     model, known = load_for_export(args.weights, args.model, args.num_classes)
     size = size or known or default_input_size(model)
     if len(size) != model.ndim or min(size) < 1:
         sizes = "TxHxW" if model.ndim == 3 else "HxW"
         raise ConfigError(f"--clip: {model.config['name']} takes {sizes} (sizes >= 1), got {args.clip!r}")
     shape = (batch, model.in_chans, *size)
-    stem = args.weights if is_pretrained_name(args.weights) and not Path(args.weights).exists() else Path(args.weights).stem
-    out = Path(args.out or f"{stem}.{args.format}")
     try:
         export_model(model, args.format, shape, dynamic_batch=dynamic, path=out)
         print(f"wrote {out} (input {'B' if dynamic else batch}x{'x'.join(map(str, shape[1:]))})")

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .outputs import check_file_destination
 from .models.kernels import reference
 
 FORMATS = ("onnx", "pt2")
@@ -81,6 +82,7 @@ def export_model(
 
     Raises:
         ValueError: an unknown format or an input shape the model does not take.
+        ConfigError: ``path`` is a folder or cannot be written (read-only, under a file).
         ImportError: ONNX without the onnx or onnxscript package (``pip install 'video-swin[export]'``).
     """
     if format not in FORMATS:
@@ -88,6 +90,8 @@ def export_model(
     missing = [m for m in ("onnx", "onnxscript") if format == "onnx" and importlib.util.find_spec(m) is None]
     if missing:
         raise ImportError(f"ONNX export needs {' and '.join(missing)}")
+    if path is not None:  # a folder, a read-only place: before the export, which takes minutes for large models
+        check_file_destination(path, "export path")
     shape = tuple(int(s) for s in example_shape)
     model = _inference_copy(model)
     model.check_input(torch.empty(shape, device="meta"))

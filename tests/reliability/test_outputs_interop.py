@@ -288,3 +288,34 @@ def test_predict_writes_whole_files_and_keeps_what_was_scored_when_stopped(tiny_
     assert [r["path"] for r in rows] == videos[:1]
     assert sorted(load_file(again / "f.safetensors.partial")) == videos[:1]
     assert any("p.csv.partial" in line for line in err), err
+
+
+# -- item 7: export --out to a read-only path or to a folder ---------------------------------------------
+
+
+def test_export_out_read_only_or_a_folder_is_one_line_before_the_export(tmp_path, read_only, capsys, monkeypatch):
+    from video_swin import export
+    from video_swin.checkpoints import save_checkpoint
+    from video_swin.cli import main
+    from video_swin.errors import ConfigError
+
+    model = create_model("swin3d_t", num_classes=5, embed_dim=16, depths=(1,), num_heads=(1,), window_size=(2, 3, 3))
+    weights = save_checkpoint(model, tmp_path / "small.safetensors")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_bytes(NOTES)
+    before, before_ro = _snapshot(mine), _snapshot(read_only)
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the weights were loaded before --out was checked")
+
+    monkeypatch.setattr(export, "load_for_export", loaded)
+    for target, words in ((read_only / "small.onnx", "read-only"), (read_only / "new" / "small.pt2", "read-only"),
+                          (mine, "is a folder"), (read_only, "is a folder"), (mine / "notes.txt" / "m.pt2", "file")):
+        for fmt in ("onnx", "pt2"):
+            code = main(["export", "--weights", str(weights), "--format", fmt, "--clip", "4x24x24", "--out", str(target)])
+            err = capsys.readouterr().err
+            assert code == 2 and err.count("\n") == 1 and err.startswith("error: --out:") and words in err, (target, err)
+    assert _snapshot(mine) == before and _snapshot(read_only) == before_ro
+    with pytest.raises(ConfigError, match="is a folder"):  # the library call checks it too
+        export.export_model(model, "pt2", (1, 3, 4, 24, 24), path=mine)
