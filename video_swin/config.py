@@ -478,13 +478,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}{hint}")
 
 
-def _shard_location(shards: str) -> bool:
-    """A pattern holding ``{split}``, or a local path without pattern characters (the folder prepare wrote)."""
+def is_shard_folder(shards: str) -> bool:
+    """Whether ``data.shards`` names a folder (as ``prepare --shards`` wrote) rather than a pattern or URL:
+    a local path without ``{split}``, braces or glob characters."""
     import glob
     from urllib.parse import urlparse
 
-    return "{split}" in shards or (len(urlparse(shards).scheme) <= 1 and "{" not in shards
-                                   and not glob.has_magic(shards) and not shards.startswith("pipe:"))
+    return (len(urlparse(shards).scheme) <= 1 and "{" not in shards and not glob.has_magic(shards)
+            and not shards.startswith("pipe:"))
+
+
+def _shard_location(shards: str) -> bool:
+    """A pattern holding ``{split}``, or the folder prepare wrote."""
+    return "{split}" in shards or is_shard_folder(shards)
 
 
 def check_paths(cfg: Config, *, evaluation: bool = False) -> None:

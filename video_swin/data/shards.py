@@ -63,6 +63,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..config import is_shard_folder
 from ..errors import ConfigError, ResumeError, ShardError, ShardLocationError, first_line
 from .broken import FAILURES, DecodeFailure
 from .dataset import read_views  # VideoDataset's sampling and transform, shared
@@ -194,14 +195,6 @@ def open_url(url: str):
     import fsspec
 
     return fsspec.open(url, "rb").open()
-
-
-def is_shard_folder(shards: str) -> bool:
-    """Whether ``data.shards`` names a folder (as ``prepare --shards`` wrote) rather than a pattern or URL:
-    a local path without ``{split}``, braces or glob characters."""
-    scheme = urlparse(shards).scheme
-    return (len(scheme) <= 1 and "{split}" not in shards and "{" not in shards
-            and not glob.has_magic(shards) and not shards.startswith("pipe:"))
 
 
 def split_pattern(shards: str) -> str:
