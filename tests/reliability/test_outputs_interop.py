@@ -313,9 +313,11 @@ def test_export_out_read_only_or_a_folder_is_one_line_before_the_export(tmp_path
     for target, words in ((read_only / "small.onnx", "read-only"), (read_only / "new" / "small.pt2", "read-only"),
                           (mine, "is a folder"), (read_only, "is a folder"), (mine / "notes.txt" / "m.pt2", "file")):
         for fmt in ("onnx", "pt2"):
-            code = main(["export", "--weights", str(weights), "--format", fmt, "--clip", "4x24x24", "--out", str(target)])
+            code = main(["export", "--weights", str(weights), "--format", fmt, "--clip", "4x24x24",
+                         "--out", str(target)])
             err = capsys.readouterr().err
-            assert code == 2 and err.count("\n") == 1 and err.startswith("error: --out:") and words in err, (target, err)
+            assert code == 2 and err.count("\n") == 1 and err.startswith("error: --out:"), (target, err)
+            assert words in err, (target, err)
     assert _snapshot(mine) == before and _snapshot(read_only) == before_ro
     with pytest.raises(ConfigError, match="is a folder"):  # the library call checks it too
         export.export_model(model, "pt2", (1, 3, 4, 24, 24), path=mine)
