@@ -264,7 +264,7 @@ def read_shard(url: str, expected: int | None = None) -> Iterator[dict]:
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     try:
-        stream = open_url(url)
+        stream = _Counted(open_url(url))
     except Exception as exc:
         raise _unreadable(url, exc) from exc
     count = 0
@@ -279,8 +279,8 @@ def read_shard(url: str, expected: int | None = None) -> Iterator[dict]:
     except ShardError:
         raise
     except Exception as exc:
-        if count == 0 and _nothing_read(exc):
-            raise _unreadable(url, exc) from exc
+        if stream.bytes == 0:  # not a damaged shard: nothing came (unreachable, a failed command, empty)
+            raise _unreadable(url, exc, nothing=True) from exc
         raise ShardError(f"{url}: damaged shard after {count} samples ({first_line(exc)}){_REWRITE}") from exc
     finally:
         try:
@@ -299,13 +299,23 @@ class _Unreadable(ShardError):
     """Nothing could be read from a shard: not reachable, or empty (a location error when a run starts)."""
 
 
-def _nothing_read(exc: BaseException) -> bool:
-    """Whether a tar reader's error means the stream gave no bytes at all (webdataset: "empty file")."""
-    return "empty file" in str(exc.args[0] if exc.args else exc)
+class _Counted:
+    """A binary stream that counts the bytes read from it (an unreachable URL gives none: curl failed)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.bytes = stream, 0
+
+    def read(self, *args: Any) -> bytes:
+        data = self.stream.read(*args)
+        self.bytes += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
-def _unreadable(url: str, exc: BaseException) -> ShardError:
-    reason = "no data: unreachable or empty" if _nothing_read(exc) else first_line(exc)
+def _unreadable(url: str, exc: BaseException, nothing: bool = False) -> ShardError:
+    reason = "no data came: unreachable, a failed command or an empty file" if nothing else first_line(exc)
     return _Unreadable(f"{url}: cannot read this shard ({reason})")
 
 
