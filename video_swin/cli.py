@@ -166,10 +166,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         load_predictor,
         parse_feature_stages,
     )
-    from .engine.predict_output import FeatureWriter, PredictionTable
+    from .engine.predict_output import FeatureWriter, PredictionTable, check_destinations
 
     videos = find_videos(args.videos)
-    table = PredictionTable(args.out, args.top_k) if args.out else None  # a wrong suffix fails before loading
+    check_destinations(args.out, args.features)  # a wrong suffix, kind of path or a read-only one: before loading
     if args.feature_stages is not None:
         parse_feature_stages(args.feature_stages, 64)  # the wording, before loading; the model's stages below
     model, cfg, classes = load_predictor(weights, cfg=cfg, classes=args.classes)
@@ -178,7 +178,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning("%s carries no class names; showing class indices (--classes names them)",
                                             weights)
     views = views or cfg.eval.parsed_views
+    table = PredictionTable(args.out, args.top_k) if args.out else None  # written under a temporary name
     features = FeatureWriter(args.features, videos, precision=args.precision) if args.features else None
+    writers = [w for w in (table, features) if w is not None]
     dataset_log = logging.getLogger("video_swin.data.dataset")
     level = dataset_log.level
     dataset_log.setLevel(logging.ERROR)  # failures are reported per file below
@@ -198,11 +200,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 entries.append(r.to_dict())
             elif not args.out:
                 print(format_prediction(r), flush=True)
+        for writer in writers:
+            writer.close()  # moved into place, complete
+    except BaseException as e:
+        kept = []
+        for writer in writers:  # nothing scored is thrown away: what was written so far, named .partial
+            try:
+                kept.append(writer.abort())
+            except OSError as again:
+                print(f"error: could not keep the partial results: {_one_line(again)}", file=sys.stderr)
+        kept = [str(p) for p in kept if p is not None]
+        if kept:
+            print(f"stopped early; the results so far are in {', '.join(kept)}", file=sys.stderr)
+        if isinstance(e, OSError):  # writing the results failed (a full disk): the run failed, one line
+            print(f"error: writing the results: {_one_line(e)}", file=sys.stderr)
+            return 1
+        raise
     finally:
         dataset_log.setLevel(level)  # main() may be called in-process (tests)
-        for writer in (table, features):
-            if writer is not None:
-                writer.close()
     if args.json:
         print(json.dumps({"weights": str(weights), "views": str(views), "precision": args.precision,
                           "videos": entries}, indent=2))
@@ -296,14 +311,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import check_export, default_input_size, export_model, load_for_export
     from .pretrained import is_pretrained_name
 
+    from .outputs import check_file_destination
+
+    stem = args.weights if is_pretrained_name(args.weights) and not Path(args.weights).exists() else Path(args.weights).stem
+    out = check_file_destination(args.out or f"{stem}.{args.format}", "--out")  # before the (slow) load and export
     model, known = load_for_export(args.weights, args.model, args.num_classes)
     size = size or known or default_input_size(model)
     if len(size) != model.ndim or min(size) < 1:
         sizes = "TxHxW" if model.ndim == 3 else "HxW"
         raise ConfigError(f"--clip: {model.config['name']} takes {sizes} (sizes >= 1), got {args.clip!r}")
     shape = (batch, model.in_chans, *size)
-    stem = args.weights if is_pretrained_name(args.weights) and not Path(args.weights).exists() else Path(args.weights).stem
-    out = Path(args.out or f"{stem}.{args.format}")
     try:
         export_model(model, args.format, shape, dynamic_batch=dynamic, path=out)
         print(f"wrote {out} (input {'B' if dynamic else batch}x{'x'.join(map(str, shape[1:]))})")

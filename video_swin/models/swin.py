@@ -308,6 +308,8 @@ class SwinStage(nn.Module):
         key = (padded, window, shift, device)
         mask = self.mask_cache.get(key)
         if mask is None:
+            if torch.compiler.is_exporting():  # a traced tensor: part of the graph, never a module attribute
+                return shift_mask(padded, window, shift, device)
             if len(self.mask_cache) >= 8:  # bounded: many input sizes must not grow memory
                 self.mask_cache.pop(next(iter(self.mask_cache)))
             mask = self.mask_cache[key] = shift_mask(padded, window, shift, device)
