@@ -241,7 +241,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .data.prepare import prepare
+    from .data.prepare import find_splits, prepare
 
     lists = {}
     for item in args.annotations:
@@ -251,14 +251,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         lists[split] = file
     counts = prepare(args.src, args.out, short_side=args.short_side, keyframe_interval=args.keyframe_interval,
                      jobs=args.jobs, reencode=not args.no_reencode, annotations=lists, timeout=args.timeout,
-                     shards=args.shards, shard_size=args.shard_size)
+                     shards=args.shards, shard_size=args.shard_size, skip_failed=args.skip_failed)
     out = args.out if not args.no_reencode else args.src
+    written = list(find_splits(Path(args.src), lists))  # the tables prepare wrote: OUT/{split}.csv
+    keys = {"train": "data.train_annotations", "val": "data.val_annotations", "validate": "data.val_annotations"}
+    tables = " ".join(dict.fromkeys(f"{keys[s]}={args.out}/{s}.csv" for s in written if s in keys))
+    others = [f"{args.out}/{s}.csv" for s in written if s not in keys]
     print(f"{counts['prepared']} videos ready, {counts['broken']} broken (listed in {args.out}/broken.csv); "
-          f"train with data.root={out} data.train_annotations={args.out}/train.csv "
-          f"data.val_annotations={args.out}/val.csv")
+          f"train with data.root={out}{' ' + tables if tables else ''}"
+          f"{'; also written: ' + ', '.join(others) if others else ''}")
     if args.shards:
         print(f"{counts['shards']} shards in {args.out}/shards; stream them with "
               f"data.shards='{args.out}/shards/{{split}}-*.tar'")
+    if counts.get("failed"):
+        print(f"error: {counts['failed']} of the broken videos failed for another reason than being bad videos "
+              f"(a timeout, a crashed worker, an error writing {args.out}; see {args.out}/broken.csv); run prepare "
+              "again to retry them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -485,6 +494,8 @@ def build_parser() -> ArgumentParser:
                       help="also write WebDataset tar shards of every split to OUT/shards (for data.shards)")
     prep.add_argument("--shard-size", type=int, default=256, metavar="N",
                       help="videos per shard with --shards (default: 256)")
+    prep.add_argument("--skip-failed", action="store_true",
+                      help="keep the verdict of videos that failed in an earlier run instead of trying them again")
 
     export = command("export", cmd_export, "export a model for deployment: ONNX or torch.export (.pt2)",
                      value_errors=True, description=EXPORT_DESCRIPTION, formatter_class=raw)
