@@ -348,7 +348,10 @@ Check, re-encode and index every video of a dataset once, before training: H.264
 short side resized (--short-side) and a keyframe every --keyframe-interval frames, rotation
 applied, the frame index stored beside each video (<video>.index.npz). Writes OUT/{{split}}.csv
 (official Kinetics columns) and OUT/broken.csv (path, reason). A video that crashes or hangs
-the decoder is listed as broken; an interrupted run continues where it stopped.
+the decoder is listed as broken; an interrupted run continues where it stopped, and a video
+that failed is tried again (--skip-failed keeps the verdict). SRC is only read: OUT must lie
+outside it. Exit code 1 when a video failed for another reason than being a bad video (a
+timeout, a crash, an error writing OUT) or the disk filled up; bad videos alone keep exit 0.
 
 SRC layouts: annotations/{{train,val,test}}.csv with the videos in SRC/{{train,val,test}}/ (the
 common Kinetics download scripts), {{train,val,test}}/<class>/ folders, or --annotations.

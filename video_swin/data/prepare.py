@@ -25,8 +25,25 @@ every file is H.264 with a keyframe every few frames. This module:
 
 A worker that crashes (FFmpeg is native code) or hangs past ``--timeout``
 costs its file (listed as broken), not the run. Finished files are journaled
-(``OUT/.prepare/journal.jsonl``), so an interrupted run continues where it
-stopped and a finished one does nothing again but rewrite the CSVs.
+(``OUT/.prepare/journal.jsonl``, keyed by each source's path, size and
+modification time), so an interrupted run continues where it stopped and a
+finished one does nothing again but rewrite the CSVs; a video that failed is
+tried again on the next run (``--skip-failed`` keeps the verdict), and a
+replaced or repaired source file is prepared anew. The exit code is 1 when a
+video failed for another reason than being a bad video (a timeout, a crashed
+worker, an error writing OUT); a full disk stops the run at once, with what is
+done kept.
+
+Safety: SRC is only read. OUT must not be SRC, lie inside it or hold it (links
+resolved); nothing is written or removed outside OUT (without re-encoding, the
+frame indexes go to the project's index cache). One prepare at a time holds
+``OUT/.prepare/.lock``. The workers are started by a fork server (a fresh
+process, never a fork of the caller: a process that decoded video holds FFmpeg,
+OpenMP and torch threads, and a child forked from it can deadlock), end when
+the caller ends, however it ends, and hold no other worker's pipe. As with any
+spawn-started pool, a script that calls :func:`prepare` keeps its top-level
+work under ``if __name__ == "__main__":`` (a notebook or ``python -c`` needs
+nothing).
 """
 
 from __future__ import annotations
@@ -247,7 +264,8 @@ def transcode(src: str, dst: str, index: FrameIndex, options: Options) -> None:
 # Workers are started by a fork server (spawn where there is none), never forked from the caller: a
 # process that has decoded video holds FFmpeg, OpenMP and torch threads, and a child forked from it
 # can deadlock in a lock one of them held (libswscale's thread teardown in ``reformat`` did). The
-# fork server is a fresh interpreter that imported this module once; forking it is cheap and safe.
+# fork server is a fresh interpreter that imported this module once (torch included, through the
+# package: about 2 s, paid once per process, not per worker); forking it is cheap and safe.
 
 
 def _context() -> multiprocessing.context.BaseContext:
