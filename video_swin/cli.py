@@ -396,8 +396,9 @@ def build_parser() -> ArgumentParser:
                             "there is none ('--resume auto', the form for launchers that restart the run: "
                             "torchrun --max-restarts, SLURM --requeue); '--resume STATE': from that state folder")
     train.add_argument("--overwrite", action="store_true",
-                       help="start a new run in an output_dir that holds one, removing its files "
-                            "(without it, such a folder is refused)")
+                       help="start a new run in an output_dir that holds one, removing that run's own files "
+                            "(without it, such a folder is refused; a folder holding anything else is always "
+                            "refused, and nothing of it removed)")
     train.add_argument("--allow-changes", nargs="+", default=[], metavar="KEY",
                        help="with --resume: accept these config keys or sections differing from the resumed "
                             "run's, e.g. --allow-changes train.epochs (a resumed run then differs from an "

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import difflib
 import logging
+import os
 import re
 import types
 import typing
@@ -402,10 +403,29 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
         A plain :class:`Config` of dataclasses.
 
     Raises:
-        ConfigError: missing file, invalid YAML, unknown key, wrong type or value.
+        ConfigError: missing file, invalid YAML, unknown key, wrong type or value
+            (``train.threads``: also more than this machine can use, see :func:`check_threads`).
     """
     data = _read_file(resolve_path(path)) if path is not None else {}
-    return _build(data, _parse_overrides(overrides))
+    cfg = _build(data, _parse_overrides(overrides))
+    check_threads(cfg)
+    return cfg
+
+
+def check_threads(cfg: Config) -> None:
+    """Refuses a ``train.threads`` count beyond twice this machine's logical CPUs.
+
+    More intra-op threads than CPUs only wait on each other (1000 on 2 cores:
+    steps 18x slower). Checked where a config is loaded to run here
+    (:func:`load_config`), not for the config a checkpoint carries from the
+    machine it was trained on (:func:`config_from_dict`).
+    """
+    if cfg.train.threads == "auto":
+        return
+    cpus = os.cpu_count() or 1
+    if int(cfg.train.threads) > 2 * cpus:
+        raise ConfigError(f"train.threads: {cfg.train.threads} is more than twice the {cpus} CPUs of this machine "
+                          f"(at most {2 * cpus}); use auto or a count up to {2 * cpus}")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

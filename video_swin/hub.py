@@ -31,7 +31,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .pretrained import offline
 
 CONFIG_NAME = "config.json"
@@ -151,9 +151,15 @@ def from_pretrained(
         The model in eval mode, ``model.classes`` set (or None) and
         ``model.hub_config`` holding the whole ``config.json``.
 
+    ``config.json`` is checked against the weights' header before the model is
+    built (:func:`check_config`): a malformed file, a field of the wrong type,
+    a class list of another length than the head, or sizes the tensors do not
+    have (a huge ``embed_dim`` included) fail before any memory is allocated.
+
     Raises:
         CheckpointError: not a saved model, offline without a cached copy, or
-            weights that do not fit the saved arguments.
+            a config.json that is malformed or does not fit the weights (naming
+            the file and the field).
     """
     from safetensors.torch import load_file
 
@@ -169,10 +175,10 @@ def from_pretrained(
         config_file, weights_file = _download(str(source), revision, cache_dir, token)
     else:
         raise CheckpointError(f"{source}: no such folder (and not a Hub repository id 'owner/name')")
-    config = json.loads(config_file.read_text())
-    if config.get("format") != FORMAT:
-        raise CheckpointError(f"{config_file}: not a video-swin config (format {config.get('format')!r})")
-    model = create_model(config["model_name"], **{**config["model_args"], **overrides})
+    config = read_config(config_file)
+    args = {**config["model_args"], **overrides}
+    check_config(config, args, config_file, weights_file, overridden=set(overrides))
+    model = create_model(config["model_name"], **args)
     try:
         model.load_state_dict(load_file(weights_file), strict=True)
     except RuntimeError as e:
@@ -181,6 +187,153 @@ def from_pretrained(
     model.classes = config.get("classes")
     model.hub_config = config
     return model.eval()
+
+
+def read_config(config_file: Path) -> dict[str, Any]:
+    """``config.json`` of a saved model, its fields' types checked.
+
+    Raises:
+        CheckpointError: not JSON, not a video-swin config, or a field of the
+            wrong type (named).
+    """
+    from .models import list_models
+
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_file}: unreadable ({e})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_file}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                              f"write it again with save_pretrained") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object, found {type(config).__name__}")
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{config_file}: not a video-swin config (format {config.get('format')!r})")
+    name, args, classes = config.get("model_name"), config.get("model_args"), config.get("classes")
+    if not isinstance(name, str) or name not in list_models():
+        raise CheckpointError(f"{config_file}: model_name {name!r} is not a video-swin preset "
+                              f"(video_swin.list_models())")
+    if not isinstance(args, dict):
+        raise CheckpointError(f"{config_file}: model_args must be an object of constructor arguments, "
+                              f"found {type(args).__name__}")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{config_file}: classes must be a list of names or null, found {classes!r:.80}")
+    if config.get("eval") is not None and not isinstance(config["eval"], dict):
+        raise CheckpointError(f"{config_file}: eval must be an object or null, found {config['eval']!r:.80}")
+    return config
+
+
+def _header_shapes(weights_file: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, read from its header (no tensor is loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights_file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights_file}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def check_config(config: Mapping[str, Any], args: Mapping[str, Any], config_file: Path, weights_file: Path,
+                 overridden: set[str] | frozenset[str] = frozenset()) -> None:
+    """Checks the model ``config.json`` describes (with ``args``) against the weights' header, before any allocation.
+
+    The sizes that set the model's memory (``embed_dim``, ``depths``,
+    ``num_classes``, ``patch_size``, ``in_chans``) and the class list are
+    compared with the tensors' shapes first; then the whole model is built on
+    the meta device (no memory) and every parameter's shape compared.
+
+    Raises:
+        CheckpointError: naming the file and the field that does not fit.
+    """
+    import torch
+
+    from .checkpoints.loading import _depths
+    from .models import create_model
+    from .models.registry import model_config
+
+    name = config["model_name"]
+
+    def field(key: str) -> str:
+        return f"{key} (given to from_pretrained)" if key in overridden else f"{config_file}: model_args.{key}"
+
+    def unfit(key: str, value: Any, tensor: str, shape: tuple[int, ...]) -> CheckpointError:
+        return CheckpointError(f"{field(key)} = {value!r} does not fit the weights in {weights_file} "
+                               f"({tensor} has shape {shape}); the config and the weights are not from one model")
+
+    try:
+        full = model_config(name, **args)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{config_file}: model_args do not describe a {name} ({e})") from None
+    for key in ("embed_dim", "in_chans", "num_classes"):
+        value = full.get(key)
+        if key in full and (isinstance(value, bool) or not isinstance(value, int) or value < (key != "num_classes")):
+            raise CheckpointError(f"{field(key)} must be a whole number >= {int(key != 'num_classes')}, got {value!r}")
+    for key in ("depths", "num_heads", "patch_size"):
+        value = full.get(key)
+        if key in full and not (isinstance(value, list) and value
+                                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+            raise CheckpointError(f"{field(key)} must be a list of whole numbers >= 1, got {value!r:.80}")
+    shapes = _header_shapes(weights_file)
+    patch = shapes.get("patch_embed.proj.weight")
+    if patch is None:
+        raise CheckpointError(f"{weights_file}: no patch_embed.proj.weight; not the weights of a video-swin model")
+    for key, saved in (("embed_dim", patch[0]), ("in_chans", patch[1]), ("patch_size", list(patch[2:]))):
+        if key in full and full[key] != saved:
+            raise unfit(key, full[key], "patch_embed.proj.weight", patch)
+    saved_depths = list(_depths(shapes) or ())  # blocks per stage, from the names alone
+    if "depths" in full and list(full["depths"]) != saved_depths:
+        raise CheckpointError(f"{field('depths')} = {full['depths']!r:.80} does not fit the weights in {weights_file} "
+                              f"(blocks per stage there: {saved_depths}); the config and the weights are not from "
+                              f"one model")
+    head = shapes.get("head.weight")
+    outputs = head[0] if head is not None else 0
+    if full.get("num_classes") != outputs:
+        raise unfit("num_classes", full.get("num_classes"), "head.weight", head or ())
+    classes = config.get("classes")
+    if classes and len(classes) != outputs:
+        raise CheckpointError(f"{config_file}: classes lists {len(classes)} names, but the weights in "
+                              f"{weights_file} have {outputs} outputs (head.weight has shape {head}); "
+                              f"the class list does not fit the model")
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            meta = create_model(name, **args)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{config_file}: model_args do not build a {name} ({e})") from None
+    wanted = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    missing = sorted(wanted.keys() - shapes.keys())
+    extra = sorted(shapes.keys() - wanted.keys())
+    if missing or extra:
+        listed = "; ".join(
+            f"{what}: {', '.join(names[:3])}" + (f" ... ({len(names)} in all)" if len(names) > 3 else "")
+            for what, names in (("missing from the file", missing), ("not in the model", extra)) if names)
+        raise CheckpointError(f"{weights_file}: does not fit {name} with the arguments of {config_file} ({listed})")
+    for key, shape in wanted.items():
+        if shapes[key] != shape:
+            arg = _argument_of(key, shapes[key], shape)
+            named = (f"model_args.{arg} = {full.get(arg)!r:.60} of {config_file}" if arg
+                     else f"the model_args of {config_file}")
+            raise CheckpointError(f"{weights_file}: does not fit {name} with {named}: {key} has shape "
+                                  f"{shapes[key]} in the file, {shape} from the config")
+
+
+# Which constructor argument sets a dimension of a tensor (name pattern, dimension -> argument).
+_SHAPE_ARGUMENTS = (
+    ("relative_position_bias_table", {0: "window_size", 1: "num_heads"}),
+    ("attn.logit_scale", {0: "num_heads"}),
+    ("attn.cpb_mlp.2.weight", {0: "num_heads"}),
+    ("mlp.fc1.", {0: "mlp_ratio"}),
+    ("mlp.fc2.", {1: "mlp_ratio"}),
+)
+
+
+def _argument_of(key: str, saved: tuple[int, ...], built: tuple[int, ...]) -> str | None:
+    """The argument whose value gives ``key`` the shape ``built`` instead of ``saved``, where one does."""
+    differ = [i for i, (a, b) in enumerate(zip(saved, built)) if a != b] or [0]
+    for pattern, dims in _SHAPE_ARGUMENTS:
+        if pattern in key and differ[0] in dims:
+            return dims[differ[0]]
+    return None
 
 
 def push_to_hub(
@@ -216,11 +369,18 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     evaluation ran, ``RUN_DIR/eval/metrics.json``; the card lists the config
     and those metrics, and ``config.json`` records the run's test-time settings.
 
+    ``out_dir`` must be absent, empty of the three names, or an earlier export
+    (its ``config.json`` in this format): a ``README.md`` or ``config.json``
+    that no export wrote is never replaced. Other files in it are left alone.
+
     Raises:
         CheckpointError: no final weights in the folder (an unfinished run).
+        ConfigError: ``out_dir`` is a file, or holds files of those names that
+            no export wrote (nothing is written then).
     """
     from .checkpoints import load_model
 
+    _check_export_folder(Path(out_dir))
     run = Path(run_dir)
     weights = run / "model.safetensors"
     if not weights.is_file():
@@ -242,3 +402,21 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         metrics = {**(metrics or {}), "step": meta["step"]}
     return save_pretrained(model, out_dir, classes=meta.get("classes"), eval=test or None,
                            training_config=cfg or None, metrics=metrics)
+
+
+def _check_export_folder(out: Path) -> None:
+    """Refuses a folder whose ``config.json``, ``model.safetensors`` or ``README.md`` an export did not write."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"OUT_DIR {out} is a file, not a folder; choose a folder to write the model into")
+    present = [name for name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) if os.path.lexists(out / name)]
+    if not present:
+        return
+    try:
+        ours = json.loads((out / CONFIG_NAME).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours or any((out / name).is_symlink() for name in present):
+        raise ConfigError(
+            f"OUT_DIR {out} holds {', '.join(present)} that no export wrote (no {CONFIG_NAME} of format {FORMAT}); "
+            f"they would be replaced: choose an empty or new folder (nothing was written)"
+        )

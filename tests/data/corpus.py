@@ -6,7 +6,11 @@ presentation order whatever the decoder did. :data:`ENCODINGS` lists the kinds
 of file users meet: H.264 with B-frames, open GOP in Matroska, variable frame
 rate, a long file with sparse keyframes, sizes that are not multiples of 16,
 MPEG-4 Part 2 in AVI with and without B-frames, HEVC, VP9 in WebM, AV1 and a
-phone-style rotation tag.
+phone-style rotation tag. :data:`VARIANTS` adds the encoder settings a rule
+about "known bad" files would have to foresee: x264 with open GOP plus scene-cut
+and adaptive B-frames (x264's defaults otherwise), B-pyramid, weighted
+prediction, periodic intra refresh, and MPEG-4 ASP with B-frames, each in MP4
+and Matroska.
 """
 
 from __future__ import annotations
@@ -48,8 +52,18 @@ def read_index(frame: np.ndarray | torch.Tensor) -> int:
 
 
 def read_indices(frames: torch.Tensor) -> list[int]:
-    """:func:`read_index` of every frame of a (T, H, W, 3) batch."""
-    return [read_index(f) for f in frames.numpy()]
+    """:func:`read_index` of every frame of a (T, H, W, 3) batch (all frames at once)."""
+    gray = frames.float().mean(dim=3)  # (T, H, W)
+    _, height, width = gray.shape
+    values = torch.zeros(gray.shape[0], dtype=torch.int64)
+    for bit in range(BITS):
+        row, col = divmod(bit, COLS)
+        y0, y1 = row * height // ROWS, (row + 1) * height // ROWS
+        x0, x1 = col * width // COLS, (col + 1) * width // COLS
+        dy, dx = max((y1 - y0) // 4, 0), max((x1 - x0) // 4, 0)
+        lit = gray[:, y0 + dy : y1 - dy, x0 + dx : x1 - dx].mean(dim=(1, 2)) > 125
+        values |= lit.long() << bit
+    return values.tolist()
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,7 @@ class Encoding:
     b_frames: int | None = None
     vfr: bool = False  # irregular timestamps
     rotation: int = 0  # display rotation tag, degrees counter-clockwise
+    noise: int = 0  # +-amplitude of seeded per-pixel noise over the painted cells (busier content)
 
 
 X264 = {"preset": "veryfast", "threads": "1", "x264-params": "mbtree=0:bframes=3:b-adapt=0"}
@@ -85,7 +100,33 @@ ENCODINGS: tuple[Encoding, ...] = (
     Encoding("h264_rotated", ".mp4", "libx264", rotation=90, options={**X264, "g": "12"}),
 )  # fmt: skip
 
-BY_NAME = {e.name: e for e in ENCODINGS}
+
+
+def _both_containers(name: str, codec: str, **kwargs) -> tuple[Encoding, Encoding]:
+    return Encoding(f"{name}_mp4", ".mp4", codec, **kwargs), Encoding(f"{name}_mkv", ".mkv", codec, **kwargs)
+
+
+# x264 at its own defaults (preset medium: scene-cut on, adaptive B-frames, B-pyramid,
+# weighted prediction) except where a variant says otherwise; one thread, so files are reproducible.
+VARIANTS: tuple[Encoding, ...] = (
+    # The file of issue 28: open GOP with x264's scene-cut and b-adapt, keyframe interval 30.
+    *_both_containers("x264_open_gop_scenecut", "libx264", num_frames=120, noise=40,
+                      options={"threads": "1", "g": "30", "x264-params": "open-gop=1"}),
+    *_both_containers("x264_open_gop_plain", "libx264", num_frames=120,
+                      options={"threads": "1", "g": "30", "x264-params": "open-gop=1"}),
+    *_both_containers("x264_bpyramid", "libx264", num_frames=96, noise=20,
+                      options={"threads": "1", "g": "24", "x264-params": "bframes=3:b-pyramid=normal:b-adapt=2"}),
+    *_both_containers("x264_weightp", "libx264", num_frames=96, noise=20,
+                      options={"threads": "1", "g": "24", "x264-params": "weightp=2:weightb=1:open-gop=1"}),
+    *_both_containers("x264_intra_refresh", "libx264", num_frames=96, noise=20,
+                      options={"threads": "1", "g": "30", "x264-params": "intra-refresh=1"}),
+    # MPEG-4 Part 2 Advanced Simple Profile: B-frames and quarter-pel motion. (Packed B-frames,
+    # the DivX/Xvid AVI trick, cannot be written: FFmpeg only has the filter that unpacks them.)
+    *_both_containers("mpeg4_asp", "mpeg4", num_frames=96, noise=20, b_frames=2,
+                      options={"g": "12", "qscale": "4", "flags": "+qpel"}),
+)  # fmt: skip
+
+BY_NAME = {e.name: e for e in (*ENCODINGS, *VARIANTS)}
 
 
 def frame_times(enc: Encoding) -> list[Fraction]:
@@ -108,6 +149,7 @@ def write(enc: Encoding, folder: Path) -> Path:
 
     path = folder / f"{enc.name}{enc.suffix}"
     height, width = enc.size
+    rng = np.random.default_rng(0)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(enc.codec, rate=enc.rate)
         stream.height, stream.width = height, width
@@ -122,7 +164,11 @@ def write(enc: Encoding, folder: Path) -> Path:
         if enc.rotation:
             stream.set_display_rotation(enc.rotation)
         for i, t in enumerate(frame_times(enc)):
-            frame = av.VideoFrame.from_ndarray(paint_index(i, height, width), format="rgb24")
+            image = paint_index(i, height, width)
+            if enc.noise:  # the cells' means stay far from the threshold of read_index
+                grain = rng.integers(-enc.noise, enc.noise + 1, image.shape)
+                image = np.clip(image.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame = frame.reformat(format="yuv420p")
             frame.pts = int(t / time_base)
             frame.time_base = time_base
@@ -144,8 +190,8 @@ def sequential_indices(path: Path) -> list[int]:
         return [read_index(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
 
 
-def write_all(folder: Path) -> dict[str, Path]:
-    """Writes the whole corpus in a fresh Python process; returns {name: path}.
+def write_all(folder: Path, encodings: tuple[Encoding, ...] = ENCODINGS) -> dict[str, Path]:
+    """Writes ``encodings`` (by default :data:`ENCODINGS`) in a fresh Python process; returns {name: path}.
 
     A separate process because once decord is loaded (it brings its own FFmpeg
     libraries), PyAV's libvpx-vp9 encoder fails to open in the same process.
@@ -155,12 +201,12 @@ def write_all(folder: Path) -> dict[str, Path]:
     import sys  # noqa: PLC0415
 
     env = {**os.environ, "SVT_LOG": "1"}  # SVT-AV1 prints a banner otherwise
-    subprocess.run([sys.executable, __file__, str(folder)], check=True, env=env)
-    return {enc.name: folder / f"{enc.name}{enc.suffix}" for enc in ENCODINGS}
+    subprocess.run([sys.executable, __file__, str(folder), *(e.name for e in encodings)], check=True, env=env)
+    return {enc.name: folder / f"{enc.name}{enc.suffix}" for enc in encodings}
 
 
 if __name__ == "__main__":
     import sys
 
-    for encoding in ENCODINGS:
-        write(encoding, Path(sys.argv[1]))
+    for name in sys.argv[2:] or [e.name for e in ENCODINGS]:
+        write(BY_NAME[name], Path(sys.argv[1]))

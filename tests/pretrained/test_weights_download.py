@@ -30,11 +30,16 @@ CLIP = torch.randn(1, 3, 4, 32, 32)
 
 
 class Server:
-    """Serves ``files`` (name -> bytes); ``cut`` names files sent with half their body."""
+    """Serves ``files`` (name -> bytes); ``cut`` names files sent with half their body.
+
+    ``routes`` (name -> function of the request handler) answer a name their own way
+    (a slow body, an HTML page, a false Content-Length).
+    """
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.cut: set[str] = set()
+        self.routes: dict = {}
         self.requests: list[str] = []
         outer = self
 
@@ -42,6 +47,9 @@ class Server:
             def do_GET(self):
                 name = self.path.rsplit("/", 1)[-1]
                 outer.requests.append(name)
+                if name in outer.routes:
+                    outer.routes[name](self)
+                    return
                 if name not in outer.files:
                     self.send_error(404)
                     return

@@ -67,11 +67,14 @@ def read_weight_file(source: str | os.PathLike | Mapping[str, Any] | WeightFile)
     return WeightFile(read_state_dict(source), str(source), read_sidecar(source))
 
 
-def read_state_dict(source: str | os.PathLike | Mapping[str, Any] | WeightFile) -> StateDict:
+def read_state_dict(source: str | os.PathLike | Mapping[str, Any] | WeightFile, *, name: str | None = None
+                    ) -> StateDict:
     """Loads the tensors of a checkpoint, unwrapping the common containers.
 
     Args:
         source: a path (.safetensors, .pth, .pt, .bin, .ckpt) or a mapping.
+        name: what to call the file in messages, and whose suffix tells the
+            format (a download's URL while the bytes still sit in a temporary file).
 
     Returns:
         A flat ``name -> Tensor`` dict (``module.`` prefixes removed).
@@ -86,12 +89,12 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any] | WeightFile) 
         where = "state dict"
     else:
         path = Path(source)
-        where = str(path)
+        where = name or str(path)
         if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint file not found")
+            raise CheckpointError(f"{where}: checkpoint file not found")
         if path.stat().st_size == 0:
-            raise CheckpointError(f"{path}: checkpoint file is empty")
-        obj = _load_file(path)
+            raise CheckpointError(f"{where}: checkpoint file is empty")
+        obj = _load_file(path, where, Path(name.split("?")[0]).suffix if name else path.suffix)
     for _ in range(3):
         inner = next((obj[k] for k in _WRAPPERS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)), None)
         if inner is None:
@@ -108,22 +111,73 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any] | WeightFile) 
     return state
 
 
-def _load_file(path: Path) -> Any:
-    if path.suffix == ".safetensors":
+def content_kind(head: bytes) -> str | None:
+    """What the first bytes of a would-be weights file really are, when that is something else.
+
+    ``"an HTML page"`` (a server's error or sign-in page saved under the
+    weights' name), ``"a JSON document"`` or ``"a text file"``; None for
+    anything that may be weights (zip, pickle, safetensors, binary).
+    """
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")) or b"<html" in text[:1024]:
+        return "an HTML page"
+    if not text:
+        return None
+    if text[:1] in (b"{", b"[") and len(head) >= 8 and _looks_textual(head):
+        # A safetensors file starts with an 8-byte little-endian length, then "{": never "{" first.
+        return "a JSON document"
+    if text[:1] == b"<" or _looks_textual(head):
+        return "a text file"
+    return None
+
+
+def _looks_textual(head: bytes) -> bool:
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the end of the sample
+            return False
+        decoded = head[: e.start].decode("utf-8")
+    return all(c.isprintable() or c in "\r\n\t" for c in decoded)
+
+
+def _head(path: Path, n: int = 4096) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _load_file(path: Path, where: str, suffix: str) -> Any:
+    kind = content_kind(_head(path))
+    if kind is not None:
+        raise CheckpointError(f"{where}: the file is {kind}, not weights; get the real file again")
+    if suffix == ".safetensors":
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+            raise CheckpointError(f"{where}: not a readable safetensors file (truncated or corrupt?): {e}") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused to unpickle: the file holds Python objects other than tensors, "
-            f"which could run code when loaded. Re-save only the state dict "
-            f"(torch.save(model.state_dict(), ...)) or use safetensors. Details: {unpickling_detail(e)}"
-        ) from e
+        raise CheckpointError(unpickling_refusal(where, e)) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+        raise CheckpointError(f"{where}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{torch_reason(e)}") from None
+
+
+# torch's refusal opens with the advice to load again with weights_only=False ("will likely
+# succeed"): the one thing never to do with a file that was refused. Lines carrying it are dropped.
+_TORCH_ADVICE = ("weights_only", "will likely succeed", "file an issue", "check the documentation of torch.load",
+                 "trusted source", "weights only load failed")
+
+
+def torch_reason(error: BaseException) -> str:
+    """The first line of a torch loading error that says what is wrong, its advice left out."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    kept = [line for line in lines if not any(a in line.lower() for a in _TORCH_ADVICE)]
+    return kept[0][:300] if kept else type(error).__name__
 
 
 def unpickling_detail(error: pickle.UnpicklingError) -> str:
@@ -132,9 +186,25 @@ def unpickling_detail(error: pickle.UnpicklingError) -> str:
     torch's first line advises retrying with ``weights_only=False``, which is
     exactly what must not be done with such a file; it is left out.
     """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    named = [line for line in lines if "GLOBAL" in line or "global" in line]
-    return (named or lines or [type(error).__name__])[0]
+    reason = torch_reason(error)
+    named = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "global" in line]
+    return named[0] if named else reason
+
+
+def unpickling_refusal(where: str | os.PathLike, error: pickle.UnpicklingError) -> str:
+    """The message for a pickle that ``torch.load(weights_only=True)`` refused: what the file is, what to do.
+
+    A pickle that asks for Python objects (a ``GLOBAL``) could run code and is
+    refused as such; anything else the unpickler stops on is not a checkpoint
+    (corrupt, or some other file under the checkpoint's name).
+    """
+    detail = unpickling_detail(error)
+    if "GLOBAL" in detail or "global" in detail:
+        return (f"{where}: refused to unpickle: the file holds Python objects other than tensors, "
+                f"which could run code when loaded. Re-save only the state dict "
+                f"(torch.save(model.state_dict(), ...)) or use safetensors. Details: {detail}")
+    return (f"{where}: not a PyTorch checkpoint: the weights-only unpickler stopped ({detail}), "
+            f"so the file is corrupt or something else saved under this name; get the real file again")
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -22,6 +22,19 @@ and every backend is either exact for a file or not used for it:
   installed and exact for it (the fastest first: on Kinetics-shaped files
   TorchCodec took 0.78x decord's CPU time per clip, docs/BENCHMARKS.md).
 
+The rules above only recognise the encodings met so far; the next encoder
+variant may slip past them. So a fast backend (decord, TorchCodec) is also
+**verified** on each file before it is trusted with it, once per file
+(:func:`verify_backend`): it reads probe frames around a few keyframes spread
+over the file (the last frame before each, the keyframe and the frame after,
+reached by seeks and by decoding on across a keyframe) and the file's
+first and last frames; they must equal the frames PyAV gives by timestamp.
+Where they differ, the file is read by the next backend (PyAV at the end),
+with a line at INFO level; the verdict is kept with the file's frame index
+(memory and disk cache). This holds for a backend named explicitly too:
+``get_decoder("decord")`` falls back to PyAV on such a file, and a bare
+:class:`DecordDecoder` raises DecodeError rather than return another frame.
+
 Rotation tags (phone video) are applied by every backend the same way: the
 frames come out as a player shows them.
 
@@ -45,7 +58,7 @@ import torch.utils.dlpack
 
 from ..errors import first_line
 from .decoder_base import DecodeError, Decoder, IndexSelector
-from .frame_index import FrameIndex, get_frame_index
+from .frame_index import FrameIndex, get_frame_index, store_verdicts
 from .isolated import isolate
 
 logger = logging.getLogger(__name__)
@@ -55,6 +68,9 @@ DECODER_NAMES = ("decord", "pyav", "torchcodec", "auto")
 _MP4_FAMILY = "mov,mp4,m4a,3gp,3g2,mj2"
 _MATROSKA = "matroska,webm"
 _SEEK_RETRIES = 3  # earlier keyframes tried when a seek lands past the wanted frame
+_PROBED_KEYFRAMES = 3  # keyframes (besides the first) around which a fast backend is verified
+_CANNOT_READ = "cannot read the probe frames: "  # a verdict of a backend that failed, not one that differed
+_PROBE_TOLERANCE = 3.0  # mean |difference| (0-255) a probe frame may have from the exact one (colour conversion)
 
 _decord: ModuleType | None = None
 
@@ -116,9 +132,20 @@ def _rotate(frames: torch.Tensor, rotation: int) -> torch.Tensor:
 class Backend(Decoder):
     """One decoding library, exact for the files :meth:`unsuitable` does not refuse."""
 
+    #: Whether its frames are checked against the exact path (PyAV) before a file is trusted to it.
+    verified: bool = True
+
     def unsuitable(self, index: FrameIndex) -> str | None:
         """Why this backend is not exact for a file with ``index``; None when it is."""
         return None
+
+    def verdict_key(self) -> str:
+        """What a stored verdict is filed under: the backend and its version."""
+        return self.name
+
+    def probe(self, path: str | Path, index: FrameIndex, calls: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Frames of each sorted position array in ``calls``, read in that order (one decoder where possible)."""
+        return [self.decode(path, index, positions) for positions in calls]
 
     @abc.abstractmethod
     def decode(self, path: str | Path, index: FrameIndex, positions: np.ndarray) -> torch.Tensor:
@@ -157,8 +184,12 @@ def _read_exact(path: str | Path, select: IndexSelector, backends: Sequence[Back
     _check_indices(path, indices, len(index))
     unique, inverse = np.unique(indices, return_inverse=True)
     failures: list[str] = []
+    broke = False  # a backend that should have read the file failed (not one its rules or verdict ruled out)
     for backend in backends:
         reason = backend.unsuitable(index)
+        if reason is None and backend.verified:
+            reason = verify_backend(path, index, backend)
+            broke = broke or (reason or "").startswith(_CANNOT_READ)
         if reason is not None:
             failures.append(f"{backend.name}: {reason}")
             continue
@@ -166,12 +197,14 @@ def _read_exact(path: str | Path, select: IndexSelector, backends: Sequence[Back
             frames = backend.decode(path, index, unique)
         except DecodeError as exc:
             failures.append(f"{backend.name}: {exc.reason}")
+            broke = True
             continue
         expected = (unique.size, *_shown_size(index), 3)
         if tuple(frames.shape) != expected:
             failures.append(f"{backend.name}: frames of shape {tuple(frames.shape)}, expected {expected}")
+            broke = True
             continue
-        if failures and any(b.unsuitable(index) is None for b in backends[: backends.index(backend)]):
+        if broke:
             # a backend that should have read the file failed: say so (once per process)
             log = logger.debug if _warned else logger.warning
             log("%s: %s; decoded with %s instead (warned once per process)", path, failures[-1], backend.name)
@@ -180,6 +213,87 @@ def _read_exact(path: str | Path, select: IndexSelector, backends: Sequence[Back
             frames = frames[torch.from_numpy(inverse.reshape(-1))]
         return frames, indices
     raise DecodeError(path, "; ".join(failures))
+
+
+def probe_calls(index: FrameIndex) -> list[np.ndarray]:
+    """The reads a fast backend is verified with, in order: each a sorted array of positions.
+
+    The last frame alone (a seek into the last GOP); then, for up to
+    ``_PROBED_KEYFRAMES`` keyframes spread over the file, last first: the frame
+    after the keyframe alone, the keyframe alone, and the last frame before it
+    together with both (a seek into the GOP before, decoding on across the
+    keyframe); then the first frames. Every read starts with a seek backwards, and
+    the costly ones (a GOP decoded) number one per keyframe probed plus one.
+    """
+    n = len(index)
+    keys = [int(k) for k in index.keyframes if 0 < k < n]
+    if len(keys) > _PROBED_KEYFRAMES:
+        spread = np.linspace(0, len(keys) - 1, _PROBED_KEYFRAMES).round().astype(int)
+        keys = [keys[i] for i in spread]
+    calls = [[n - 1]]
+    for k in reversed(keys):
+        calls += [[k + 1]] if k + 1 < n else []
+        calls += [[k], list(range(k - 1, min(k + 2, n)))]
+    calls += [[1], [0, 1]] if n > 1 else [[0]]
+    return [np.asarray(c, dtype=np.int64) for c in calls]
+
+
+def verify_backend(path: str | Path, index: FrameIndex, backend: Backend) -> str | None:
+    """Whether ``backend`` gives the exact frames of ``path``: None when it does, else why not.
+
+    Once per file and backend: the verdict is stored in ``index.verdicts`` and in the
+    frame index's disk cache. The probe reads (:func:`probe_calls`) are compared
+    with PyAV's frames by timestamp: each probe frame must be within ``_PROBE_TOLERANCE`` of the
+    exact frame and no nearer to another probed frame. Where PyAV cannot read the
+    probes either, nothing is stored and the backend is used as its rules allow.
+    """
+    key = backend.verdict_key()
+    verdict = index.verdicts.get(key)
+    if verdict is None:
+        verdict = _compare_with_exact(path, index, backend)
+        if verdict is None:  # no reference: unverified, not stored
+            return None
+        index.verdicts[key] = verdict
+        store_verdicts(path, index)
+        if verdict and not verdict.startswith(_CANNOT_READ):  # a failure is reported by the caller
+            logger.info("%s: %s; reading it with the exact path instead", path, verdict)
+    return verdict or None
+
+
+def _compare_with_exact(path: str | Path, index: FrameIndex, backend: Backend) -> str | None:
+    """"" when ``backend`` matches PyAV at the probes, the difference when not, None without a reference."""
+    calls = probe_calls(index)
+    positions = np.unique(np.concatenate(calls))
+    try:
+        reference = PyAVDecoder().decode(path, index, positions)
+    except DecodeError as exc:
+        logger.debug("%s: cannot verify %s (PyAV: %s)", path, backend.name, exc.reason)
+        return None
+    try:
+        got = backend.probe(path, index, calls)
+    except DecodeError as exc:
+        return _CANNOT_READ + exc.reason
+    slot = {int(p): i for i, p in enumerate(positions.tolist())}
+    small_reference = _thumbnails(reference)
+    for call, frames in zip(calls, got, strict=True):
+        if tuple(frames.shape) != (call.size, *reference.shape[1:]):
+            return f"{backend.name} gives frames of shape {tuple(frames.shape)} at the probe frames"
+        small = _thumbnails(frames)
+        for i, position in enumerate(call.tolist()):
+            own = float((frames[i].float() - reference[slot[position]].float()).abs().mean())
+            # which exact probe frame it resembles most (on thumbnails: cheap on large frames)
+            distances = (small_reference - small[i]).abs().flatten(1).mean(1)
+            nearest = int(positions[int(distances.argmin())])
+            if own > _PROBE_TOLERANCE or float(distances.min()) < float(distances[slot[position]]):
+                return (f"{backend.name} returns another frame than the exact path at frame {position} "
+                        f"(nearest exact frame: {nearest}, mean difference {own:.1f})")  # fmt: skip
+    return ""
+
+
+def _thumbnails(frames: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> float (N, 3, h, w), block means, at most 32 x 32."""
+    x = frames.permute(0, 3, 1, 2).float()
+    return torch.nn.functional.adaptive_avg_pool2d(x, (min(x.shape[2], 32), min(x.shape[3], 32)))
 
 
 def _shown_size(index: FrameIndex) -> tuple[int, int]:
@@ -196,6 +310,7 @@ class PyAVDecoder(Backend):
     """
 
     name = "pyav"
+    verified = False  # the exact path itself
 
     def __init__(self, thread_type: str = "AUTO", thread_count: int = 1) -> None:
         self.thread_type = thread_type
@@ -243,7 +358,9 @@ def _decode_by_timestamp(path, container, stream, index: FrameIndex, wanted: lis
             if attempt == _SEEK_RETRIES + 1:
                 key = int(index.keyframes[0])  # last resort: the first keyframe
             container.seek(int(index.pts[key]), stream=stream, backward=True, any_frame=False)
-            i, overshot = _decode_run(container, stream, index, key, wanted, wanted_set, i, out)
+            # after a failed seek, decode straight through the keyframe that failed (periodic
+            # intra refresh: a flagged frame the decoder cannot start from)
+            i, overshot = _decode_run(container, stream, index, key, wanted, wanted_set, i, out, jump=attempt == 0)
             if not overshot:
                 break
             k = int(np.searchsorted(index.keyframes, key)) - 1  # the keyframe before this one
@@ -255,9 +372,11 @@ def _decode_by_timestamp(path, container, stream, index: FrameIndex, wanted: lis
     return out
 
 
-def _decode_run(container, stream, index, key, wanted, wanted_set, i, out) -> tuple[int, bool]:
+def _decode_run(container, stream, index, key, wanted, wanted_set, i, out, jump=True) -> tuple[int, bool]:
     """Decodes forward from a seek to keyframe ``key``.
 
+    ``jump``: stop where a later keyframe comes before the next wanted frame (the
+    caller seeks to it); False decodes on instead.
     Returns the next wanted slot and whether the seek landed past the wanted frame.
     """
     for frame in container.decode(stream):
@@ -268,14 +387,24 @@ def _decode_run(container, stream, index, key, wanted, wanted_set, i, out) -> tu
         if pos > target:
             return i, True
         if pos in wanted_set and pos not in out:
-            out[pos] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+            out[pos] = _rgb(frame)  # (H, W, 3)
         while i < len(wanted) and wanted[i] in out:
             i += 1
         if i == len(wanted):
             return i, False
-        if index.keyframe_before(wanted[i]) > pos:  # a keyframe comes first: seek to it
+        if jump and index.keyframe_before(wanted[i]) > pos:  # a keyframe comes first: seek to it
             return i, False
     return i, False
+
+
+def _rgb(frame) -> np.ndarray:
+    """(H, W, 3) uint8 of a decoded frame, converted on this thread.
+
+    FFmpeg's scaler otherwise starts its own slice threads, and a process forked
+    after they existed (a DataLoader worker, a decode helper) can deadlock in their
+    teardown; one frame at a time needs no threads.
+    """
+    return frame.to_ndarray(format="rgb24", threads=1)
 
 
 def _decode_counting(container, stream, wanted: list[int]) -> dict[int, np.ndarray]:
@@ -284,7 +413,7 @@ def _decode_counting(container, stream, wanted: list[int]) -> dict[int, np.ndarr
     wanted_set, last = set(wanted), wanted[-1]
     for position, frame in enumerate(container.decode(stream)):
         if position in wanted_set:
-            out[position] = frame.to_ndarray(format="rgb24")
+            out[position] = _rgb(frame)
         if position >= last:
             break
     return out
@@ -331,11 +460,17 @@ class DecordDecoder(Backend):
             frames = self._batch(path, reader.reader, unique)
         return frames[torch.from_numpy(inverse.reshape(-1))], indices
 
+    def verdict_key(self) -> str:
+        return f"decord {getattr(_import_decord(), '__version__', '?')}"
+
     def decode(self, path: str | Path, index: FrameIndex, positions: np.ndarray) -> torch.Tensor:
+        return self.probe(path, index, [positions])[0]
+
+    def probe(self, path: str | Path, index: FrameIndex, calls: Sequence[np.ndarray]) -> list[torch.Tensor]:
         with self._open(path) as reader:
             if len(reader) != len(index):
                 raise DecodeError(path, f"decord counts {len(reader)} frames, the frame index {len(index)}")
-            return self._batch(path, reader.reader, positions)
+            return [self._batch(path, reader.reader, positions) for positions in calls]
 
     def _open(self, path: str | Path) -> _DecordReader:
         decord = _import_decord()
@@ -391,7 +526,15 @@ class TorchCodecDecoder(Backend):
             return "no usable timestamps"
         return None
 
+    def verdict_key(self) -> str:
+        import torchcodec  # noqa: PLC0415
+
+        return f"torchcodec {getattr(torchcodec, '__version__', '?')}"
+
     def decode(self, path: str | Path, index: FrameIndex, positions: np.ndarray) -> torch.Tensor:
+        return self.probe(path, index, [positions])[0]
+
+    def probe(self, path: str | Path, index: FrameIndex, calls: Sequence[np.ndarray]) -> list[torch.Tensor]:
         from torchcodec.decoders import VideoDecoder  # noqa: PLC0415
 
         try:
@@ -400,12 +543,12 @@ class TorchCodecDecoder(Backend):
             count = decoder.metadata.num_frames
             if count != len(index):
                 raise DecodeError(path, f"TorchCodec counts {count} frames, the frame index {len(index)}")
-            frames = decoder.get_frames_at(positions.tolist()).data  # (U, H, W, 3)
+            # (U, H, W, 3) per call
+            return [decoder.get_frames_at(positions.tolist()).data.contiguous() for positions in calls]
         except DecodeError:
             raise
         except Exception as exc:
             raise DecodeError(path, f"TorchCodec failed: {first_line(exc)}") from exc
-        return frames.contiguous()
 
 
 def get_decoder(name: str | Decoder = "decord", *, num_threads: int = 1, timeout: float | None = None) -> Decoder:

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .annotations import clear_scan_cache
+from .processes import worker_context
 
 logger = logging.getLogger(__name__)
 
@@ -206,8 +207,16 @@ def make_demo_data(
 
     Returns:
         ``out``.
+
+    Raises:
+        ConfigError: ``out`` is a non-empty folder that holds no demo data
+            (its ``train.csv``/``val.csv`` would be replaced).
     """
     out = Path(out)
+    if out.is_dir() and not (out / DEMO_MARKER).is_file() and any(out.iterdir()):
+        found = _names(sorted(p.name for p in out.iterdir()))
+        raise ConfigError(f"demo data folder {out} is not empty and holds no demo data (found: {found}); "
+                          f"choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARKER).write_text(f"demo data written by video_swin.data.make_demo_data, seed {seed}\n")
     jobs = []
@@ -218,7 +227,7 @@ def make_demo_data(
                 jobs += [(str(out), seed, split, split_id, class_id, k, motion, reverse) for k in range(count)]
     workers = workers or min(2, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 8:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
             rows = list(pool.map(_make_one, jobs, chunksize=8))
     else:
         rows = [_make_one(job) for job in jobs]
@@ -262,7 +271,8 @@ def ensure_demo_data(
 
     Raises:
         ConfigError: An annotation file outside ``root``, or ``root`` a non-empty
-            folder without the demo CSVs and without the marker.
+            folder without the demo CSVs and without the marker, or marked but
+            holding files the generator did not write (nothing is removed then).
     """
     root = Path(root)
     check_demo_annotations(root, annotations)
@@ -275,6 +285,12 @@ def ensure_demo_data(
             raise ConfigError(
                 f"demo data folder {root} is not empty and holds no demo data (no train.csv/val.csv, "
                 f"no {DEMO_MARKER}); refusing to generate the demo dataset into it: check data.root"
+            )
+        foreign = foreign_demo_entries(root)
+        if foreign:
+            raise ConfigError(
+                f"demo data folder {root} has lost its CSVs and also holds files the demo generator did not "
+                f"write ({_names(foreign)}); move them out to have the demo data generated again (nothing was removed)"
             )
         logger.warning("%s: demo data without its CSVs; generating it again", root)
         shutil.rmtree(root)
@@ -293,6 +309,32 @@ def ensure_demo_data(
         shutil.rmtree(tmp, ignore_errors=True)
     clear_scan_cache()
     return root
+
+
+def _names(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def foreign_demo_entries(root: str | Path) -> list[str]:
+    """The entries of a demo data folder (relative paths, sorted) that :func:`make_demo_data` did not write.
+
+    It writes the marker, ``train.csv``, ``val.csv`` and ``{train,val}/<class>/*.mp4``
+    (frame index sidecars ``*.mp4.index.npz`` may lie beside the videos); links are never its own.
+    """
+    root, found = Path(root), []
+    for path in sorted(root.iterdir()):
+        if path.is_symlink() or (path.is_file() and path.name not in (DEMO_MARKER, "train.csv", "val.csv")):
+            found.append(path.name)
+        elif path.is_dir() and path.name in ("train", "val"):
+            for folder in sorted(path.iterdir()):
+                if folder.is_symlink() or not folder.is_dir() or folder.name not in DEMO_CLASSES:
+                    found.append(f"{path.name}/{folder.name}")
+                    continue
+                found += [f"{path.name}/{folder.name}/{f.name}" for f in sorted(folder.iterdir())
+                          if f.is_symlink() or not f.is_file() or not f.name.endswith((".mp4", ".mp4.index.npz"))]
+        elif not path.is_file():
+            found.append(path.name)
+    return found
 
 
 def check_demo_annotations(root: str | Path, annotations: Iterable[str | Path | None]) -> None:

@@ -16,6 +16,13 @@ Indexes are cached: in memory per process, and on disk in a folder keyed by
 the file's resolved path, size and modification time, written atomically (a
 temporary file renamed into place), so any number of DataLoader workers and
 processes on shared storage can build and read them at once.
+
+An index also carries the *verdicts* of the fast backends on its file
+(:func:`~video_swin.data.decoders.verify_backend`: whether decord's or
+TorchCodec's frames at probe positions equal the exact path's), so a file is
+verified once and not on every read. Format 2 stores them; format-1 files
+(caches and ``prepare``'s sidecars written before) still load, without
+verdicts, and are verified again on first use.
 ``VIDEO_SWIN_INDEX_CACHE`` sets the folder (default ``$VIDEO_SWIN_CACHE/frame-index``,
 ``~/.cache/video-swin/frame-index``); ``VIDEO_SWIN_INDEX_CACHE=off`` keeps them
 in memory only.
@@ -29,7 +36,7 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,7 +46,8 @@ from ..errors import DecodeError, first_line
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # 1: before verdicts
 _MEMORY_ENTRIES = 4096  # indexes kept per process (a few KB each for Kinetics clips)
 
 
@@ -64,6 +72,9 @@ class FrameIndex:
         container: FFmpeg's demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2".
         height: Coded height of the frames (before rotation).
         width: Coded width (before rotation).
+        verdicts: ``{backend key: ""}`` where a fast backend was verified exact on this
+            file, ``{backend key: reason}`` where it was not; filled on first use and
+            stored with the index (see :func:`store_verdicts`).
     """
 
     pts: np.ndarray
@@ -77,6 +88,7 @@ class FrameIndex:
     container: str
     height: int
     width: int
+    verdicts: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.pts.size)
@@ -104,7 +116,7 @@ class FrameIndex:
             "version": FORMAT_VERSION, "time_base": [self.time_base.numerator, self.time_base.denominator],
             "rotation": self.rotation, "timestamps": self.timestamps, "open_gop": self.open_gop,
             "reordered": self.reordered, "codec": self.codec, "container": self.container,
-            "height": self.height, "width": self.width,
+            "height": self.height, "width": self.width, "verdicts": dict(self.verdicts),
         }  # fmt: skip
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,15 +132,17 @@ class FrameIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> FrameIndex:
-        """Reads an index written by :meth:`save`; ValueError when it is not one of this version."""
+        """Reads an index written by :meth:`save` (this format or format 1); ValueError for others."""
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(data["header"].tobytes().decode())
-            if header.get("version") != FORMAT_VERSION:
+            if header.get("version") not in _READABLE_VERSIONS:
                 raise ValueError(f"frame index format {header.get('version')}, expected {FORMAT_VERSION}")
             pts, keyframes = data["pts"].astype(np.int64), data["keyframes"].astype(np.int64)
         num, den = header.pop("time_base")
         del header["version"]
         header.pop("video_size", None)
+        verdicts = header.pop("verdicts", None) or {}
+        header["verdicts"] = {str(k): str(v) for k, v in verdicts.items()} if isinstance(verdicts, dict) else {}
         return cls(pts=pts, keyframes=keyframes, time_base=Fraction(num, den), **header)
 
 
@@ -223,12 +237,14 @@ class FrameIndexCache:
             self._memory.move_to_end(key)
             return index
         stored = self._file(key)
-        index = _sidecar(real, st.st_size)
-        if index is None and stored is not None and stored.exists():
+        index = None
+        if stored is not None and stored.exists():  # first: it holds the verdicts found here
             try:
                 index = FrameIndex.load(stored)
             except Exception as exc:  # a stale format or a damaged file: build it again
                 logger.debug("frame index %s unreadable (%s); rebuilding", stored, exc)
+        if index is None:
+            index = _sidecar(real, st.st_size)
         if index is None:
             index = build_frame_index(path)
             if stored is not None:
@@ -240,6 +256,21 @@ class FrameIndexCache:
         if len(self._memory) > _MEMORY_ENTRIES:
             self._memory.popitem(last=False)
         return index
+
+    def store(self, path: str | Path, index: FrameIndex) -> None:
+        """Saves ``index`` (e.g. with new verdicts) to the disk cache of ``path``; never raises for the disk."""
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(real)
+        except OSError:
+            return
+        stored = self._file((real, st.st_size, st.st_mtime_ns))
+        if stored is None:
+            return
+        try:
+            index.save(stored)
+        except OSError as exc:
+            logger.debug("cannot store the frame index in %s (%s)", stored.parent, exc)
 
     def _file(self, key: tuple) -> Path | None:
         if self.folder is None:
@@ -286,11 +317,20 @@ def default_cache_folder() -> Path | None:
 _CACHES: dict[Path | None, FrameIndexCache] = {}
 
 
-def get_frame_index(path: str | Path) -> FrameIndex:
-    """The frame index of ``path`` from the process's cache (see the module's docstring)."""
+def _process_cache() -> FrameIndexCache:
     folder = default_cache_folder()
     cache = _CACHES.get(folder)
     if cache is None:
         cache = _CACHES[folder] = FrameIndexCache(folder)
-    return cache.get(path)
+    return cache
+
+
+def get_frame_index(path: str | Path) -> FrameIndex:
+    """The frame index of ``path`` from the process's cache (see the module's docstring)."""
+    return _process_cache().get(path)
+
+
+def store_verdicts(path: str | Path, index: FrameIndex) -> None:
+    """Writes ``index`` with its (new) verdicts to the process's disk cache, so other processes reuse them."""
+    _process_cache().store(path, index)
 

@@ -5,21 +5,26 @@ segfault, abort or loop forever. In a DataLoader worker that kills or stalls
 the worker, and with it the run. :class:`IsolatedDecoder` runs another decoder
 in a helper process and waits at most ``timeout`` seconds for each video:
 
-* the helper is forked on the first read of each process that decodes (every
-  DataLoader worker gets its own; a helper inherited through a fork is left to
-  its owner) and serves one video after another;
+* the helper is started on the first read of each process that decodes
+  (every DataLoader worker gets its own; a helper inherited through a fork is
+  left to its owner) and serves one video after another;
+* the helper is a fresh interpreter (spawned, never forked): a process that has
+  already decoded holds FFmpeg's, OpenMP's and torch's threads, and a forked
+  copy of it can deadlock in them (seen: libswscale's thread teardown inside
+  PyAV's ``VideoFrame.reformat``), which would mark a good video as hung;
 * a read that does not finish in time kills the helper; a helper that dies
   (signal, ``os._exit``, out of memory) is reaped. Either way the read raises
   :class:`~video_swin.data.DecodeError` naming the file and what happened, and
-  the next read forks a fresh helper. The dataset's broken-video handling then
+  the next read starts a fresh helper. The dataset's broken-video handling then
   replaces the video (training) or reports it (evaluation) like any other
-  broken file.
+  broken file. The helper's start-up (importing torch, about 2 s) is not
+  counted against the timeout.
 
 The clip position still comes from the caller's ``select``: a picklable one
 (the dataset's) travels with the path and runs in the helper; any other is
 asked for the indices once the helper knows the frame count. The frames
 (uint8) come back through a socket as raw bytes. The cost is that copy, a few
-messages per video and one fork per helper start; ``docs/RELIABILITY.md``
+messages per video and one interpreter start per helper; ``docs/RELIABILITY.md``
 gives the measured figures.
 """
 
@@ -33,9 +38,9 @@ import multiprocessing.util
 import os
 import pickle
 import signal
+import socket
 import sys
 import time
-import warnings
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import NoReturn
@@ -47,6 +52,7 @@ from .decoder_base import DecodeError, Decoder, IndexSelector
 
 logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
+_START_TIMEOUT = 300.0  # importing torch on a loaded machine; not counted against decode_timeout
 
 
 class _HelperLost(Exception):
@@ -72,9 +78,9 @@ def _exit_status(status: int) -> str:
 
 
 def _prepare_child(parent_pid: int) -> None:
-    """Signal dispositions and lifetime of a freshly forked helper."""
-    # A DataLoader worker installs handlers for these that print a worker error;
-    # the helper should simply die and let its owner report the file.
+    """Signal dispositions and lifetime of a freshly started helper."""
+    # The owner may ignore or handle these (a DataLoader worker prints a worker error on
+    # SIGSEGV); the helper should simply die and let its owner report the file.
     for sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGABRT, signal.SIGTERM):
         with contextlib.suppress(OSError, ValueError, RuntimeError):
             signal.signal(sig, signal.SIG_DFL)
@@ -84,7 +90,22 @@ def _prepare_child(parent_pid: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the owner died before prctl took effect
         os._exit(0)
-    torch.set_num_threads(1)  # an OpenMP pool does not survive fork; keep any tensor op on this thread
+    torch.set_num_threads(1)  # one helper per decoding process: keep any tensor op on this thread
+
+
+def _helper_main(fd: int, owner: int) -> None:
+    """The spawned helper's entry point: the decoder arrives first, then one path after another."""
+    conn = Connection(fd)
+    _prepare_child(owner)
+    code = 0
+    try:
+        decoder = conn.recv()
+        conn.send(("ready",))
+        _serve(decoder, conn)
+    except BaseException:  # noqa: BLE001 - the owner reports how the helper ended
+        code = 1
+    finally:
+        os._exit(code)
 
 
 def _serve(decoder: Decoder, conn: Connection) -> None:
@@ -117,29 +138,34 @@ def _serve(decoder: Decoder, conn: Connection) -> None:
 
 
 class _Helper:
-    """One forked helper process and the owner's end of its socket."""
+    """One spawned helper process and the owner's end of its socket."""
 
     def __init__(self, decoder: Decoder) -> None:
-        ours, theirs = multiprocessing.Pipe(duplex=True)
+        ours, theirs = socket.socketpair()
         parent = os.getpid()
-        with warnings.catch_warnings():  # Python >= 3.12 warns about fork in threaded processes; the
-            warnings.simplefilter("ignore", DeprecationWarning)  # helper touches no lock a thread may hold
-            pid = os.fork()
-        if pid == 0:  # helper
-            code = 0
-            try:
-                ours.close()
-                _prepare_child(parent)
-                _serve(decoder, theirs)
-            except BaseException:  # noqa: BLE001 - nothing in the helper may unwind into the owner's code
-                code = 1
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.pid, self.conn, self.owner = pid, ours, parent
+        # The child sees its end as descriptor 3 (dup2 clears close-on-exec there only); it finds the
+        # package (and the decoder's classes) on the owner's sys.path.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        code = f"from video_swin.data.isolated import _helper_main; _helper_main(3, {parent})"
+        try:
+            pid = os.posix_spawn(sys.executable, [sys.executable, "-c", code], env,
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)])
+        finally:
+            theirs.close()
+        self.pid, self.conn, self.owner = pid, Connection(ours.detach()), parent
         # Reap the helper when the owner exits: DataLoader workers leave through
         # multiprocessing's exit hooks (not atexit), which run these finalizers.
-        self._finalizer = multiprocessing.util.Finalize(self, _stop, args=(ours, pid), exitpriority=10)
+        self._finalizer = multiprocessing.util.Finalize(self, _stop, args=(self.conn, pid), exitpriority=10)
+        try:
+            self.conn.send(decoder)
+            ready = self.conn.poll(_START_TIMEOUT) and self.conn.recv() == ("ready",)
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            status = _stop(self.conn, pid)
+            self._finalizer.cancel()
+            how = _exit_status(status) if status is not None else "gone"
+            raise _HelperLost(f"the decoder helper process did not start ({how}); skipped")
 
     def read(self, path: str, select: IndexSelector, timeout: float) -> tuple[torch.Tensor, np.ndarray]:
         deadline = time.monotonic() + timeout
@@ -229,13 +255,13 @@ def _stop(conn: Connection, pid: int) -> int | None:
 def isolate(decoder: Decoder, timeout: float | None) -> Decoder:
     """``decoder`` behind an :class:`IsolatedDecoder` with ``timeout``; itself when the timeout is None.
 
-    Where ``os.fork`` does not exist (Windows), decoding stays in the calling
-    process, with a warning.
+    Where ``os.posix_spawn`` does not exist (Windows), decoding stays in the
+    calling process, with a warning.
     """
     if timeout is None:
         return decoder
-    if not hasattr(os, "fork"):
-        logger.warning("data.decode_timeout needs os.fork, which this platform lacks; decoding in process")
+    if not hasattr(os, "posix_spawn"):
+        logger.warning("data.decode_timeout needs os.posix_spawn, which this platform lacks; decoding in process")
         return decoder
     return IsolatedDecoder(decoder, timeout)
 
@@ -248,21 +274,21 @@ class IsolatedDecoder(Decoder):
         timeout: Seconds one video may take, open to last frame.
 
     A crash or timeout raises :class:`DecodeError` for that file only; the
-    next read starts a new helper. Needs ``os.fork`` (Linux, macOS).
+    next read starts a new helper. Needs ``os.posix_spawn`` (Linux, macOS).
     """
 
     def __init__(self, decoder: Decoder, timeout: float) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        if not hasattr(os, "fork"):
-            raise RuntimeError("decoding in a helper process (data.decode_timeout) needs os.fork; set it to null")
+        if not hasattr(os, "posix_spawn"):
+            raise RuntimeError("decoding in a helper process (data.decode_timeout) needs os.posix_spawn; set it to null")
         self.decoder, self.timeout = decoder, float(timeout)
         self.name = decoder.name
         self._helper: _Helper | None = None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_helper"] = None  # a helper belongs to the process that forked it
+        state["_helper"] = None  # a helper belongs to the process that started it
         return state
 
     def read(self, path: str | Path, select: IndexSelector) -> tuple[torch.Tensor, np.ndarray]:
@@ -272,9 +298,9 @@ class IsolatedDecoder(Decoder):
         if helper is not None and (helper.owner != os.getpid() or not helper.alive()):
             helper.forget()
             helper = None
-        if helper is None:
-            helper = self._helper = _Helper(self.decoder)
         try:
+            if helper is None:
+                helper = self._helper = _Helper(self.decoder)
             return helper.read(str(path), select, self.timeout)
         except _HelperLost as exc:
             self._helper = None

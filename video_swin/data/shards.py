@@ -151,8 +151,11 @@ def write_shards(out: str | Path, split: str, entries: Sequence[dict], *, root: 
                 "classes": sorted({e["label"] for e in entries}), "shards": shards}
     _write_json(manifest_file, manifest)
     written = {s["name"] for s in shards}
-    for stale in out.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):  # left by an earlier, larger run
-        if stale.name not in written:
+    # left by an earlier, larger run: only the shards its manifest lists (a tar of the same pattern that
+    # no manifest lists was not written here, and is left alone)
+    earlier = {s.get("name") for s in old.get("shards", []) if isinstance(s, dict)} if isinstance(old, dict) else set()
+    for stale in out.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+        if stale.name not in written and stale.name in earlier and not stale.is_symlink():
             stale.unlink()
     return manifest
 

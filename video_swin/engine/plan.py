@@ -30,6 +30,7 @@ maximum and each strategy takes the maximum of its own combination.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -337,8 +338,11 @@ def plan_memory(
     Returns:
         The plan, in bytes per device.
     """
-    if gpus < 1 or batch < 1 or gpu_memory <= 0:
-        raise ValueError(f"gpus and batch must be >= 1 and gpu_memory > 0, got {gpus}, {batch}, {gpu_memory}")
+    for name, value in (("gpus", gpus), ("batch", batch), ("num_classes", num_classes)):
+        if value < 1:
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be >= 1, got {value}")
+    if not (math.isfinite(gpu_memory) and gpu_memory > 0):
+        raise ValueError(f"gpu_memory (--gpu-memory) must be a finite size in GiB > 0, got {gpu_memory}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if "use_checkpoint" in overrides:

@@ -31,6 +31,7 @@ from ..config import Config, ConfigError, Views, config_from_dict, parse_views
 from ..data import clips_to_float
 from ..data.annotations import read_class_file, scan_videos
 from ..data.collate import collate
+from ..data.processes import worker_context
 from ..pretrained import PretrainedWeights, get_pretrained, is_pretrained_name
 from .build import (
     build_test_dataset,
@@ -310,8 +311,10 @@ def iter_predictions(
     if feature_stages is not None:  # stage order, as forward_intermediates returns them
         feature_stages = sorted({i % len(model.layers) for i in feature_stages}) or None
     dataset = build_test_dataset(cfg, names, views, videos=paths)
-    loader = DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, num_workers=min(workers, len(paths)),
-                        collate_fn=collate, pin_memory=device.type == "cuda")
+    num_workers = min(workers, len(paths))
+    loader = DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, num_workers=num_workers,
+                        collate_fn=collate, pin_memory=device.type == "cuda",
+                        multiprocessing_context=worker_context() if num_workers else None)
     k = min(top_k, len(names))
     with tqdm(total=len(paths), unit="video", desc="predict", leave=False,
               disable=None if progress else True) as bar:  # None: shown on a terminal only

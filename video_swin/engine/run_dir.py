@@ -7,9 +7,13 @@
   and the next one takes over; the lock file's text only says who held it
   last. Unlike ``flock``, it is not inherited by forked processes, so a
   killed run's DataLoader workers, still exiting, do not keep it.
-* :func:`prepare_folder`: a folder that already holds a run is refused unless
-  the new run resumes it (``--resume``) or replaces it (``--overwrite``, which
-  removes the old files with a line naming them).
+* :func:`prepare_folder`: every run marks its folder (``.video-swin-run``).
+  A folder that already holds a run is refused unless the new run resumes it
+  (``--resume``) or replaces it (``--overwrite``, which removes the old run's
+  own files with a line naming them). A folder holding no run, or a run plus
+  files no run wrote, is refused with what was found, and nothing is removed:
+  ``--overwrite`` never deletes a user's files. Runs written before the
+  marker are recognised by their resolved ``config.yaml``.
 * :func:`check_resume_config`: before resuming, the saved resolved config is
   compared with the new one; a change that would make the resumed run differ
   from an uninterrupted one is refused with a one-line diff, unless named in
@@ -18,11 +22,13 @@
 
 from __future__ import annotations
 
+import difflib
 import errno
 import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -34,10 +40,21 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
+from .. import __version__
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
+# Written by every run at its start: marks the folder as a run folder (see prepare_folder).
+MARKER = ".video-swin-run"
+# What a run writes in its folder (see foreign_entries).
+_RUN_FILES = frozenset({LOCK_FILE, MARKER, "config.yaml", "classes.txt", "metrics.jsonl", "model.safetensors",
+                        "model.json", "curves.png"})  # fmt: skip
+_TMP_WEIGHTS = re.compile(r"\.model\.(safetensors|json)\.[^/]+\.tmp")  # checkpoints.io's atomic writes
+_STATE_FOLDER = re.compile(r"(\.tmp_|\.old_)?step_\d+")  # .state
+_EVAL_FOLDER = re.compile(r"eval(_\d+x\d+)?")
+_EVAL_FILES = frozenset({"metrics.json", "predictions.csv", "confusion_matrix.png"})  # .evaluate.write_report
+_TENSORBOARD_FILE = re.compile(r"events\.out\.tfevents\..+|hparams\.yml")
 
 # Keys whose change leaves the weights of a resumed run those of an uninterrupted one:
 # where things are written and how often, loader parallelism, evaluation, limits on
@@ -64,11 +81,20 @@ class RunLock:
         self.subject = subject or f"output_dir {self.path.parent}"  # what the refusal names (prepare: its OUT)
         self.advice = advice
         self._fd: int | None = None
+        self.created = False  # whether acquire created the lock file
 
     def acquire(self) -> None:
-        """Takes the lock or raises ConfigError naming the run that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Takes the lock or raises ConfigError naming the run that holds it (or why the folder cannot hold a run)."""
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"output_dir {folder} is a file, not a folder; choose a folder for the run")
+        self.created = not self.path.exists()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"output_dir {folder}: cannot write in it ({e.strerror}); choose a writable folder "
+                              f"for the run") from e
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -88,8 +114,12 @@ class RunLock:
                                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)  # fmt: skip
         self._fd = fd
 
-    def release(self) -> None:
+    def release(self, *, discard: bool = False) -> None:
+        """Releases the lock; with ``discard``, also removes the lock file if this lock created it
+        (a run refused before it started leaves nothing in a folder that is not its own)."""
         if self._fd is not None:
+            if discard and self.created:
+                self.path.unlink(missing_ok=True)
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -128,27 +158,125 @@ def on_main(accelerator: Accelerator, work: Callable[[], None]) -> None:
         raise ConfigError(message)
 
 
+def _names(paths: Iterable[Path | str], limit: int = 6) -> str:
+    names = [str(p) for p in paths]
+    return ", ".join(names[:limit]) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _write_marker(folder: Path) -> None:
+    """Marks ``folder`` as a run folder (kept when it is already marked)."""
+    marker = folder / MARKER
+    if marker.is_file():
+        return
+    try:
+        marker.write_text(json.dumps({"written_by": "video-swin", "version": __version__,
+                                      "created": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")  # fmt: skip
+    except OSError as e:
+        raise ConfigError(f"output_dir {folder}: cannot write in it ({e.strerror}); choose a writable folder") from e
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a training run: its marker, or (runs written before the marker) the run's
+    resolved ``config.yaml``, which holds ``world_size`` beside the config's sections."""
+    if (folder / MARKER).is_file():
+        return True
+    saved = folder / "config.yaml"
+    if not saved.is_file() or saved.is_symlink():
+        return False
+    try:
+        data = yaml.safe_load(saved.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(data, Mapping) and all(k in data for k in ("world_size", "model", "train", "output_dir"))
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The entries of ``folder`` (relative paths, sorted) that are not files a training run writes.
+
+    A run writes, in its folder: the lock and the marker, ``config.yaml``,
+    ``classes.txt``, ``metrics.jsonl``, ``model.safetensors`` with its
+    ``model.json`` (and their temporary names while being written),
+    ``curves.png``, ``checkpoints/step_<N>`` (``.tmp_``/``.old_`` while being
+    saved), ``eval/`` and ``video-swin evaluate``'s ``eval_<CLIPS>x<CROPS>/``
+    (``metrics.json``, ``predictions.csv``, ``confusion_matrix.png``) and
+    ``tensorboard/`` (event files, ``hparams.yml``). Links are never a run's.
+    """
+    found: list[str] = []
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if path.is_symlink():
+            found.append(name)
+        elif path.is_file():
+            if name not in _RUN_FILES and not _TMP_WEIGHTS.fullmatch(name):
+                found.append(name)
+        elif not path.is_dir():
+            found.append(name)
+        elif name == "checkpoints":
+            found += [f"{name}/{p.name}" for p in sorted(path.iterdir())
+                      if p.is_symlink() or not p.is_dir() or not _STATE_FOLDER.fullmatch(p.name)]  # fmt: skip
+        elif _EVAL_FOLDER.fullmatch(name):
+            found += [f"{name}/{p.name}" for p in sorted(path.iterdir())
+                      if p.is_symlink() or not p.is_file() or p.name not in _EVAL_FILES]  # fmt: skip
+        elif name == "tensorboard":
+            found += [str(p.relative_to(folder)) for p in sorted(path.rglob("*"))
+                      if p.is_symlink() or (not p.is_dir() and not _TENSORBOARD_FILE.fullmatch(p.name))]  # fmt: skip
+        else:
+            found.append(name)
+    return found
+
+
 def prepare_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuses a folder holding a run unless resuming; with ``overwrite``, removes that run's files first."""
+    """Checks ``output_dir`` for a new or resumed run and marks it as a run folder.
+
+    A folder holding files is refused unless the run resumes the run it holds
+    (``resume``) or replaces it (``overwrite``). ``overwrite`` removes only a
+    previous run's own files (:func:`foreign_entries`), and refuses a folder
+    that holds no run (:func:`is_run_folder`) or holds anything else, naming
+    what it found; nothing is removed then.
+
+    Raises:
+        ConfigError: ``output_dir`` is a file, cannot be written, or is refused as above.
+    """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    if resume or not folder.is_dir():
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"output_dir {folder} is a file, not a folder; choose a folder for the run")
+    if not folder.is_dir():  # the run creates it
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_marker(folder)
         return
-    existing = sorted(p for p in folder.iterdir() if p.name != LOCK_FILE)
-    if not existing:
-        return
-    names = ", ".join(p.name for p in existing[:6]) + (" ..." if len(existing) > 6 else "")
-    if not overwrite:
+    if not os.access(folder, os.W_OK | os.X_OK):  # before anything: a resumed run would fail at its first write
+        raise ConfigError(f"output_dir {folder}: cannot write in it (no write permission); choose a writable folder")
+    # a run that stopped before writing anything else (a config mistake) leaves only these
+    existing = sorted(p for p in folder.iterdir() if p.name not in (LOCK_FILE, MARKER))
+    names = _names(p.name for p in existing)
+    run = bool(existing) and is_run_folder(folder)
+    if existing and not run:
+        what = "--overwrite only replaces the files of a previous run" if overwrite else (
+            "--resume only continues a run" if resume else "a new run needs an empty or new folder")
         raise ConfigError(
-            f"output_dir {folder} already holds a run ({names}); continue it with --resume, replace it with "
-            f"--overwrite, or choose another output_dir"
+            f"output_dir {folder} is not empty and holds no training run (found: {names}); {what}: choose an "
+            f"empty or new output_dir (nothing was removed)"
         )
-    print(f"--overwrite: removing the previous run's files in {folder}: {names}", flush=True)
-    for path in existing:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    if existing and not resume:
+        if not overwrite:
+            raise ConfigError(
+                f"output_dir {folder} already holds a run ({names}); continue it with --resume, replace it with "
+                f"--overwrite, or choose another output_dir"
+            )
+        foreign = foreign_entries(folder)
+        if foreign:
+            raise ConfigError(
+                f"--overwrite: output_dir {folder} holds a run and files no run wrote ({_names(foreign)}); "
+                f"move them out or choose another output_dir (nothing was removed)"
+            )
+        print(f"--overwrite: removing the previous run's files in {folder}: {names}", flush=True)
+        for path in existing:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    _write_marker(folder)
 
 
 def flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -173,6 +301,26 @@ def config_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[tup
     keys = [k for k in dict.fromkeys([*a, *b]) if _covered(k, ("seed", "model", "data", "train", "optim", "sched",
                                                                 "eval", "output_dir", *RUN_KEYS))]  # fmt: skip
     return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
+
+
+def check_allow_changes(allow: Iterable[str], config: Mapping[str, Any], resume: bool | str) -> None:
+    """Refuses ``--allow-changes`` without ``--resume`` (it would be ignored) or naming no config key or section.
+
+    ``config``: the run's config as plain data (``to_dict(cfg)``).
+    """
+    allow = list(allow)
+    if not allow:
+        return
+    if not resume:
+        raise ConfigError(f"--allow-changes {' '.join(allow)}: only used with --resume (it accepts config changes "
+                          f"against the resumed run); drop it, or add --resume")
+    keys = [*flat(config), *RUN_KEYS]
+    known = set(keys) | {k.rsplit(".", i)[0] for k in keys for i in range(1, k.count(".") + 1)}
+    for name in allow:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else " (e.g. train.epochs, or a section such as optim)"
+            raise ConfigError(f"--allow-changes: {name!r} is not a config key or section{hint}")
 
 
 def check_resume_config(saved_file: Path, new: Mapping[str, Any], allow: Iterable[str] = ()) -> list[str]:

@@ -32,7 +32,7 @@ from accelerate.utils import load as accelerate_load
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoints.io import unpickling_detail
+from ..checkpoints.io import torch_reason, unpickling_detail
 from ..errors import CheckpointError, ResumeError, TrainingError
 from .sharding import load_shards, save_shards
 
@@ -179,7 +179,9 @@ def save_state(accelerator: Accelerator, checkpoints_dir: Path, counters: dict[s
     _step_together(accelerator, write, "writing", tmp, checkpoints_dir, step)
     _step_together(accelerator, publish, "finishing", tmp, checkpoints_dir, step)
     if main:
-        complete = sorted(list_states(checkpoints_dir), key=lambda p: p[0])
+        # only the folders save_state names: a state copied aside under another name is the user's
+        complete = sorted((s for s in list_states(checkpoints_dir) if re.fullmatch(r"step_\d+", s[1].name)),
+                          key=lambda p: p[0])  # fmt: skip
         for _, old in complete[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -266,9 +268,15 @@ def _unsafe_pickle(folder: Path) -> tuple[Path, pickle.UnpicklingError] | None:
 
 
 def _refuse(path: Path, error: pickle.UnpicklingError) -> CheckpointError:
+    detail = unpickling_detail(error)  # torch's advice to retry with weights_only=False left out
+    if "global" not in detail.lower():  # not a pickle asking for objects: a damaged or foreign file
+        return CheckpointError(
+            f"{path}: not a readable training state (the weights-only unpickler stopped: {detail}); move this "
+            f"state folder away to resume from the one before it"
+        )
     return CheckpointError(
         f"{path}: refused to unpickle: the file holds Python objects other than tensors, which could run code "
-        f"when loaded; this state cannot be trusted (details: {unpickling_detail(error)})"
+        f"when loaded; this state cannot be trusted (details: {detail})"
     )
 
 
@@ -297,14 +305,14 @@ def load_state(accelerator: Accelerator, folder: Path, *,
         except pickle.UnpicklingError as e:
             raise _refuse(rng_pickle, e) from None
         except Exception as e:  # noqa: BLE001
-            raise ResumeError(f"{rng_pickle}: unreadable ({str(e).strip().splitlines()[0]})") from e
+            raise ResumeError(f"{rng_pickle}: unreadable ({torch_reason(e)})") from e
     try:
         accelerator.load_state(str(folder))
     except pickle.UnpicklingError as e:
         found = _unsafe_pickle(folder)
         raise (_refuse(*found) if found else _refuse(folder, e)) from None
     except Exception as e:  # noqa: BLE001 - truncated or missing files: name the folder, not a library frame
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = torch_reason(e)
         raise ResumeError(
             f"{folder}: the saved state cannot be restored ({type(e).__name__}: {first}); "
             f"move this folder away to resume from the state before it"

@@ -49,7 +49,7 @@ from .evaluate import format_summary, metrics, predict_dataset, run_evaluation
 from .optim import build_optimizer, lr_factor, set_lr
 from .plots import plot_curves
 from .preemption import StopSignals
-from .run_dir import RunLock, check_resume_config, flat, on_main, prepare_folder
+from .run_dir import MARKER, RunLock, check_resume_config, check_allow_changes, flat, on_main, prepare_folder
 from .sharding import check_can_shard, full_state_dict, shard_model
 
 log = logging.getLogger(__name__)
@@ -183,11 +183,15 @@ def train(
             resumed run's (see :func:`.run_dir.check_resume_config`).
 
     Raises:
-        ConfigError: ``output_dir`` in use by another run, or holding a run
-            while neither resuming nor overwriting, or a config change that
-            breaks an exact resume.
+        ConfigError: ``output_dir`` in use by another run, a file or not
+            writable; holding a run while neither resuming nor overwriting,
+            or holding files that are not a run's (see
+            :func:`.run_dir.prepare_folder`); a config change that breaks an
+            exact resume; ``allow_changes`` without ``resume`` or naming no
+            config key.
         ResumeError: the state to resume from cannot be read.
     """
+    check_allow_changes(allow_changes, to_dict(cfg), resume)
     accelerator = make_accelerator(cfg)
     accelerator.print(f"world size: {accelerator.num_processes} ({accelerator.device}, "
                       f"mixed precision {cfg.train.mixed_precision})")
@@ -210,8 +214,8 @@ def train(
             accelerator.init_trackers("tensorboard", config=_tracker_config(cfg))
         _train_loop(run)
         return _finish(run)
-    finally:
-        lock.release()
+    finally:  # a run refused before it marked the folder leaves no lock file in it
+        lock.release(discard=not (Path(cfg.output_dir) / MARKER).is_file())
 
 
 def _tracker_config(cfg: Config) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
 from .catalog import CATALOG, DEFAULT_TAGS, PretrainedWeights
-from .download import cache_dir, fetch, offline
+from .download import bad_cache_message, cache_dir, discard_cached, fetch, offline, redownload_bad_cache
 
 if TYPE_CHECKING:
     from torch import nn
@@ -70,9 +70,44 @@ def read_classes(name: str) -> tuple[str, ...]:
 
 
 def weights_path(entry: PretrainedWeights | str, *, progress: bool = True) -> Path:
-    """The local file of an entry (or ``MODEL.TAG`` name), downloaded and checked on first use."""
+    """The local file of an entry (or ``MODEL.TAG`` name), downloaded and checked on first use.
+
+    A download enters the cache only when it loads as weights of the entry's
+    layout (and size, where the catalog gives one); a cached copy is checked
+    without loading (size, header, not an HTML page). See :mod:`.download`.
+    """
     entry = get_pretrained(entry) if isinstance(entry, str) else entry
-    return fetch(entry.url, entry.file, entry.sha256, progress=progress)
+    return fetch(entry.url, entry.file, entry.sha256, progress=progress, size=entry.size,
+                 verify=lambda state, url: _check_layout(entry, state, url))
+
+
+def _check_layout(entry: PretrainedWeights, state: Any, url: str) -> None:
+    from ..checkpoints import detect_layout
+
+    layout = detect_layout(state)
+    if layout != entry.layout:
+        raise CheckpointError(f"{url}: layout {layout!r}, but {entry.name} is published as {entry.layout!r}; "
+                              f"the file is not the published one, nothing was cached")
+
+
+def read_pretrained(entry: PretrainedWeights | str, *, progress: bool = True) -> Any:
+    """The entry's file read once (a :class:`~video_swin.checkpoints.WeightFile`), downloaded first if absent.
+
+    A cached copy that does not load is named with the command to remove it;
+    under ``VIDEO_SWIN_REDOWNLOAD=1`` it is downloaded again, once.
+    """
+    from ..checkpoints import read_weight_file
+
+    entry = get_pretrained(entry) if isinstance(entry, str) else entry
+    path = weights_path(entry, progress=progress)
+    try:
+        return read_weight_file(path)
+    except CheckpointError as e:
+        why = str(e).removeprefix(f"{path}: ")
+        if not redownload_bad_cache():
+            raise CheckpointError(bad_cache_message(path, why)) from None
+        discard_cached(path)
+    return read_weight_file(weights_path(entry, progress=progress))
 
 
 def resolve_weights(value: str | os.PathLike) -> Path:
@@ -96,10 +131,10 @@ def load_pretrained(model: nn.Module, entry: PretrainedWeights | str) -> LoadRep
     Raises:
         CheckpointError: download problems, another layout, missing weights, wrong shapes.
     """
-    from ..checkpoints import load_checkpoint, read_weight_file
+    from ..checkpoints import load_checkpoint
 
     entry = get_pretrained(entry) if isinstance(entry, str) else entry
-    weights = read_weight_file(weights_path(entry))
+    weights = read_pretrained(entry)
     report = load_checkpoint(model, weights)
     if report.layout != entry.layout:
         raise CheckpointError(f"{weights.name}: layout {report.layout!r}, but {entry.name} is published as "
@@ -138,6 +173,7 @@ __all__ = [
     "list_pretrained",
     "load_pretrained",
     "offline",
+    "read_pretrained",
     "read_classes",
     "resolve_weights",
     "weights_path",

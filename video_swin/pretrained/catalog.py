@@ -77,6 +77,9 @@ class PretrainedWeights:
         accuracy: the publisher's figures for this very file, e.g. ``{"acc@1": 78.8, ...}``.
         source: where the facts above come from (see the module docstring).
         notes: anything a user should know before relying on it.
+        size: the file's size in bytes as its publisher gives it, or None (none of
+            the publishers above lists exact sizes); a download or cached copy of
+            another size is refused.
     """
 
     name: str
@@ -92,6 +95,7 @@ class PretrainedWeights:
     eval: dict[str, Any] | None = None
     accuracy: dict[str, Any] | None = None
     notes: str = ""
+    size: int | None = None
 
     def __post_init__(self) -> None:
         if self.url.endswith("/"):  # the publisher's folder: the file name is not written twice

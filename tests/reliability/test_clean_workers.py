@@ -1,0 +1,97 @@
+"""Worker processes start clean: a caller that has already decoded with every backend still gets exact frames.
+
+A forked copy of a process that has decoded video can deadlock in FFmpeg's threads (issue 28, item 9): the
+project's pools (predict's loader workers, demo generation) start from a forkserver, decoder helpers spawn a
+fresh interpreter. The prepare pool has its own test in test_prepare_safety.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.data.video_files import frame_indices_of, index_frames, write_mp4
+from video_swin.data import get_decoder
+from video_swin.data.isolated import IsolatedDecoder
+
+BACKENDS = [b for b, module in (("pyav", "av"), ("decord", "decord"), ("torchcodec", "torchcodec"))
+            if importlib.util.find_spec(module)]
+
+
+def _torchcodec_usable() -> bool:
+    try:
+        get_decoder("torchcodec")
+        return True
+    except Exception:  # noqa: BLE001 - FFmpeg's shared libraries missing: skipped below unless CI requires it
+        return False
+
+
+@pytest.fixture(scope="module")
+def decoded_everywhere(tmp_path_factory) -> Path:
+    """A video, decoded in this process with every installed backend before any worker starts."""
+    path = write_mp4(tmp_path_factory.mktemp("clean") / "index.mp4", index_frames(40), gop=8)
+    for backend in BACKENDS:
+        if backend == "torchcodec" and not _torchcodec_usable():
+            assert not os.environ.get("VIDEO_SWIN_REQUIRE_TORCHCODEC"), "torchcodec is required but cannot load"
+            continue
+        frames = get_decoder(backend).get_frames(path, [0, 17, 39])
+        assert frame_indices_of(frames) == [0, 17, 39], backend
+    return path
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_decoder_helper_is_a_fresh_interpreter_not_a_fork(decoded_everywhere):
+    decoder = IsolatedDecoder(get_decoder("pyav"), timeout=30)
+    try:
+        frames = decoder.get_frames(decoded_everywhere, [1, 2, 38])
+        assert frame_indices_of(frames) == [1, 2, 38]
+        # A forked helper's command line is its owner's (pytest); a spawned one runs the helper's entry point.
+        assert "_helper_main" in _cmdline(decoder._helper.pid)
+        assert _cmdline(decoder._helper.pid) != _cmdline(os.getpid())
+    finally:
+        decoder.close()
+
+
+def test_the_project_pools_never_fork(monkeypatch, decoded_everywhere, tmp_path):
+    from video_swin.config import Config
+    from video_swin.data import demo
+    from video_swin.engine import predict
+    from video_swin.models import create_model
+
+    contexts = []
+    real_loader, real_pool = predict.DataLoader, demo.ProcessPoolExecutor
+
+    def loader(*args, **kwargs):
+        contexts.append(("predict", kwargs.get("multiprocessing_context")))
+        return real_loader(*args, **kwargs)
+
+    def pool(*args, **kwargs):
+        contexts.append(("demo", kwargs.get("mp_context")))
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "DataLoader", loader)
+    monkeypatch.setattr(demo, "ProcessPoolExecutor", pool)
+    demo.make_demo_data(tmp_path / "demo", train_per_class=2, val_per_class=1, workers=2)
+    assert len(list((tmp_path / "demo").rglob("*.mp4"))) == 3 * len(demo.DEMO_CLASSES)
+
+    cfg = Config()
+    cfg.data.clip_len, cfg.data.frame_interval, cfg.data.crop_size, cfg.data.test_short_side = 4, 2, 32, 32
+    cfg.eval.views = "1x1"
+    torch.manual_seed(0)
+    model = create_model("swin3d_t", num_classes=3, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                         window_size=(2, 4, 4))
+    videos = [str(decoded_everywhere)] * 3
+    in_process = predict.predict_videos(model, cfg, None, videos, workers=0, device="cpu")
+    in_workers = predict.predict_videos(model, cfg, None, videos, workers=2, device="cpu")
+    assert [r.top for r in in_workers] == [r.top for r in in_process]
+    assert all(r.error is None for r in in_workers)
+    started = {kind: ctx.get_start_method() for kind, ctx in contexts if ctx is not None}
+    assert started == {"demo": "forkserver", "predict": "forkserver"}, contexts
