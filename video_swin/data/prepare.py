@@ -55,7 +55,6 @@ import faulthandler
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import signal
@@ -75,6 +74,7 @@ from ..errors import AnnotationError, ConfigError, DecodeError, TrainingError, f
 from .annotations import read_annotations
 from .decoders import _check_file
 from .frame_index import FrameIndex, build_frame_index, get_frame_index, save_sidecar
+from .processes import worker_context
 from .shards import DEFAULT_SHARD_SIZE, write_shards
 
 logger = logging.getLogger(__name__)
@@ -264,16 +264,9 @@ def transcode(src: str, dst: str, index: FrameIndex, options: Options) -> None:
 # Workers are started by a fork server (spawn where there is none), never forked from the caller: a
 # process that has decoded video holds FFmpeg, OpenMP and torch threads, and a child forked from it
 # can deadlock in a lock one of them held (libswscale's thread teardown in ``reformat`` did). The
-# fork server is a fresh interpreter that imported this module once (torch included, through the
-# package: about 2 s, paid once per process, not per worker); forking it is cheap and safe.
-
-
-def _context() -> multiprocessing.context.BaseContext:
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])  # applies when the server starts; without effect once it runs
-    return ctx
+# fork server (:func:`~video_swin.data.processes.worker_context`, shared by the project's pools) is a
+# fresh interpreter that imported the data package once (torch included: about 2-3 s, paid once per
+# process, not per worker); forking it is cheap and safe.
 
 
 def _die_with_parent(main_pid: int) -> None:
@@ -322,7 +315,7 @@ class _Pool:
     """
 
     def __init__(self, jobs: int, options: Options, timeout: float, work=None) -> None:
-        self.ctx = _context()
+        self.ctx = worker_context()  # a fork server: see video_swin.data.processes
         self.options, self.timeout = options, timeout
         self.work = work or prepare_one
         self.workers: list[list] = [self._start() for _ in range(jobs)]  # [process, conn, job, started]
