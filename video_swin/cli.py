@@ -256,7 +256,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .data.prepare import prepare
+    from .data.prepare import find_splits, prepare
 
     lists = {}
     for item in args.annotations:
@@ -266,14 +266,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         lists[split] = file
     counts = prepare(args.src, args.out, short_side=args.short_side, keyframe_interval=args.keyframe_interval,
                      jobs=args.jobs, reencode=not args.no_reencode, annotations=lists, timeout=args.timeout,
-                     shards=args.shards, shard_size=args.shard_size)
+                     shards=args.shards, shard_size=args.shard_size, skip_failed=args.skip_failed)
     out = args.out if not args.no_reencode else args.src
+    written = list(find_splits(Path(args.src), lists))  # the tables prepare wrote: OUT/{split}.csv
+    keys = {"train": "data.train_annotations", "val": "data.val_annotations", "validate": "data.val_annotations"}
+    tables = " ".join(dict.fromkeys(f"{keys[s]}={args.out}/{s}.csv" for s in written if s in keys))
+    others = [f"{args.out}/{s}.csv" for s in written if s not in keys]
     print(f"{counts['prepared']} videos ready, {counts['broken']} broken (listed in {args.out}/broken.csv); "
-          f"train with data.root={out} data.train_annotations={args.out}/train.csv "
-          f"data.val_annotations={args.out}/val.csv")
+          f"train with data.root={out}{' ' + tables if tables else ''}"
+          f"{'; also written: ' + ', '.join(others) if others else ''}")
     if args.shards:
         print(f"{counts['shards']} shards in {args.out}/shards; stream them with "
               f"data.shards='{args.out}/shards/{{split}}-*.tar'")
+    if counts.get("failed"):
+        print(f"error: {counts['failed']} of the broken videos failed for another reason than being bad videos "
+              f"(a timeout, a crashed worker, an error writing {args.out}; see {args.out}/broken.csv); run prepare "
+              "again to retry them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -356,7 +365,10 @@ Check, re-encode and index every video of a dataset once, before training: H.264
 short side resized (--short-side) and a keyframe every --keyframe-interval frames, rotation
 applied, the frame index stored beside each video (<video>.index.npz). Writes OUT/{{split}}.csv
 (official Kinetics columns) and OUT/broken.csv (path, reason). A video that crashes or hangs
-the decoder is listed as broken; an interrupted run continues where it stopped.
+the decoder is listed as broken; an interrupted run continues where it stopped, and a video
+that failed is tried again (--skip-failed keeps the verdict). SRC is only read: OUT must lie
+outside it. Exit code 1 when a video failed for another reason than being a bad video (a
+timeout, a crash, an error writing OUT) or the disk filled up; bad videos alone keep exit 0.
 
 SRC layouts: annotations/{{train,val,test}}.csv with the videos in SRC/{{train,val,test}}/ (the
 common Kinetics download scripts), {{train,val,test}}/<class>/ folders, or --annotations.
@@ -503,6 +515,8 @@ def build_parser() -> ArgumentParser:
                       help="also write WebDataset tar shards of every split to OUT/shards (for data.shards)")
     prep.add_argument("--shard-size", type=int, default=256, metavar="N",
                       help="videos per shard with --shards (default: 256)")
+    prep.add_argument("--skip-failed", action="store_true",
+                      help="keep the verdict of videos that failed in an earlier run instead of trying them again")
 
     export = command("export", cmd_export, "export a model for deployment: ONNX or torch.export (.pt2)",
                      value_errors=True, description=EXPORT_DESCRIPTION, formatter_class=raw)
