@@ -276,8 +276,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
           f"train with data.root={out}{' ' + tables if tables else ''}"
           f"{'; also written: ' + ', '.join(others) if others else ''}")
     if args.shards:
-        print(f"{counts['shards']} shards in {args.out}/shards; stream them with "
-              f"data.shards='{args.out}/shards/{{split}}-*.tar'")
+        print(f"{counts['shards']} shards in {args.out}/shards; stream them with data.shards={args.out}/shards")
     if counts.get("failed"):
         print(f"error: {counts['failed']} of the broken videos failed for another reason than being bad videos "
               f"(a timeout, a crashed worker, an error writing {args.out}; see {args.out}/broken.csv); run prepare "
