@@ -51,6 +51,12 @@ def gather_bias(table: Tensor, index: Tensor) -> Tensor:
     return table.t().index_select(1, index.reshape(-1)).view(-1, n, n)  # (nH, N, N)
 
 
+def is_exporting() -> bool:
+    """Whether ``torch.export`` is tracing this call (``torch.compiler.is_exporting``; False on a torch without it, e.g. 2.4)."""
+    check = getattr(torch.compiler, "is_exporting", None)
+    return bool(check and check())
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor, dropout_p: float, scale: float | None) -> Tensor:
     """``F.scaled_dot_product_attention`` with an additive mask; written out while exporting with gradients.
 
@@ -69,7 +75,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor, dropout_p: float,
     Returns:
         Tensor[B, H, N, D].
     """
-    if torch.compiler.is_exporting() and torch.is_grad_enabled() and (q.requires_grad or attn_mask.requires_grad):
+    if is_exporting() and torch.is_grad_enabled() and (q.requires_grad or attn_mask.requires_grad):
         logits = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1) + attn_mask
         weights = F.dropout(logits.softmax(-1), dropout_p) if dropout_p else logits.softmax(-1)  # (B, H, N, N)
         return weights @ v
@@ -185,7 +191,7 @@ class WindowAttention(nn.Module):
             # the continuous bias is evaluated on the window in use itself.
             table_window = self.window_size if self.position_bias_kind == "table" else window
             index = relative_position_index(window, table_window).to(device)
-            if torch.compiler.is_exporting():  # a traced tensor: part of the graph, never a module attribute
+            if is_exporting():  # a traced tensor: part of the graph, never a module attribute
                 return index
             self.index_cache[key] = index
         return self.index_cache[key]
@@ -197,7 +203,7 @@ class WindowAttention(nn.Module):
         key = (window, device)
         if key not in self.coords_cache:
             coords = self._coords(window).to(device)
-            if torch.compiler.is_exporting():  # as in bias_index
+            if is_exporting():  # as in bias_index
                 return coords
             self.coords_cache[key] = coords
         return self.coords_cache[key]

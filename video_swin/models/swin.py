@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import WindowAttention, check_choice
+from .attention import WindowAttention, check_choice, is_exporting
 from .windows import (
     Size,
     fit_window,
@@ -308,7 +308,7 @@ class SwinStage(nn.Module):
         key = (padded, window, shift, device)
         mask = self.mask_cache.get(key)
         if mask is None:
-            if torch.compiler.is_exporting():  # a traced tensor: part of the graph, never a module attribute
+            if is_exporting():  # a traced tensor: part of the graph, never a module attribute
                 return shift_mask(padded, window, shift, device)
             if len(self.mask_cache) >= 8:  # bounded: many input sizes must not grow memory
                 self.mask_cache.pop(next(iter(self.mask_cache)))
