@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..attention import WindowAttention, gather_bias
 from ..windows import Size
+from .checks import usable
 from .linear import linear, linear_backward, mm, use_onednn
 from .switches import FLASH_CPU, RECOMPUTE_FROM_BYTES, cpu_compute_dtype, enabled, machine_choice, recompute_here
 
@@ -186,7 +187,7 @@ class _WindowAttention(torch.autograd.Function):
 
 def fused_dtype(*tensors: Tensor | None, dropout_p: float = 0.0) -> torch.dtype | None:
     """The dtype :func:`window_attention` computes in for these inputs; None where it does not apply."""
-    if not (enabled("attention") and FLASH_CPU and dropout_p == 0.0):
+    if not (enabled("attention") and FLASH_CPU and dropout_p == 0.0 and usable("attention")):
         return None
     return cpu_compute_dtype(*tensors)
 

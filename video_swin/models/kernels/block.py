@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..swin import SwinBlock
 from ..windows import Size, pad_to_window, padded_size, unpad
+from .checks import usable
 from .inference import use_inference_chunks, windowed_residual
 from .mlp import recomputed_mlp
 from .partition import reorder_tokens, window_order
@@ -90,7 +91,8 @@ class FastSwinBlock(SwinBlock):
         mlp = self.mlp
         grad = torch.is_grad_enabled()
         kernel = (
-            (grad or use_inference_chunks(x))
+            usable("mlp")
+            and (grad or use_inference_chunks(x))
             and (mlp.drop.p == 0.0 or not self.training)
             and mlp.act.approximate == "none"
         )

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import usable
 from .linear import linear_backward, mm, use_onednn
 from .switches import machine_choice
 
@@ -31,7 +32,7 @@ def _fc1_gelu(y: Tensor, w1: Tensor, b1: Tensor | None, onednn: bool) -> Tensor:
     whichever :mod:`.machine` measured faster (on AMD EPYC Zen 3 the fused op is ~1.2x slower)."""
     if not onednn:
         return F.gelu(F.linear(y, w1, b1))
-    if machine_choice("fc1_gelu") == "fused":
+    if machine_choice("fc1_gelu") == "fused" and usable("fc1_gelu_fused"):
         return torch.ops.mkldnn._linear_pointwise(y, w1, b1, "gelu", [], "none")
     return torch.ops.aten.gelu_(mm(y, w1, b1, True))
 

@@ -13,9 +13,13 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from .checks import usable
+
 _ENABLED = {"attention": True, "linear": True, "inference_chunks": True}
 
-# Checked once: probing torch.ops inside a forward would break torch.compile's graphs.
+# Whether the private ops are there at all, looked up once at import: probing torch.ops inside a forward
+# would break torch.compile's graphs. Whether they also give the reference results is checked once per
+# process before first use (checks.py, usable()).
 ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 FLASH_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 
@@ -70,8 +74,8 @@ def set_linear_backend(name: str) -> None:
 
 
 def linear_backend() -> str:
-    """The float32 linear backend in use: "onednn" or "aten"."""
-    return _CHOICES["linear"] if ONEDNN_LINEAR else "aten"
+    """The float32 linear backend in use: "onednn" or "aten" (also where oneDNN's op failed its check)."""
+    return _CHOICES["linear"] if ONEDNN_LINEAR and usable("linear") else "aten"
 
 
 def set_fast_paths(**enabled: bool) -> dict[str, bool]:
