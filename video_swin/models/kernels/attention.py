@@ -21,7 +21,6 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..attention import WindowAttention, gather_bias
@@ -252,11 +251,11 @@ class FastWindowAttention(WindowAttention):
     recompute_qkv: bool = True
     recompute_from: int = RECOMPUTE_FROM_BYTES
 
+    # Only the pieces it computes faster: WindowAttention (attention.py) says what the projection,
+    # the q/k normalisation and the biases are.
+
     def project_qkv(self, x: Tensor) -> Tensor:
-        if self.attention == "cosine" and self.q_bias is not None:
-            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))  # (3C,)
-            return linear(x, self.qkv.weight, bias)
-        return self.qkv(x)
+        return linear(x, self.qkv.weight, self.qkv_bias())
 
     def forward(self, x: Tensor, window: Size, mask: Tensor | None = None) -> Tensor:
         table = self.relative_position_bias_table if self.position_bias_kind == "table" else self.cpb_mlp[0].weight
@@ -265,18 +264,17 @@ class FastWindowAttention(WindowAttention):
             return super().forward(x, window, mask)
         table, index = self.bias_table(window), self.bias_index(window)  # (rows, nH), (N, N)
         if self.attention == "dot":
-            # The projection goes into the kernel, which can then keep the
-            # tokens (C) for backward instead of the projection (3C).
+            # q and k are used as projected: the projection goes into the kernel,
+            # which can then keep the tokens (C) for backward instead of the projection (3C).
             out = window_attention(
-                x, self.num_heads, table, index, mask, qkv_weight=self.qkv.weight, qkv_bias=self.qkv.bias,
+                x, self.num_heads, table, index, mask, qkv_weight=self.qkv.weight, qkv_bias=self.qkv_bias(),
                 recompute_qkv=recompute_here(self.recompute_qkv, x, self.recompute_from),
             )  # (B*nW, N, C)
             return self.proj_drop(self.proj(out))
-        bw, n, c = x.shape
-        qkv = self.project_qkv(x)  # (B*nW, N, 3C)
-        q, k, v = qkv.view(bw, n, 3, self.num_heads, self.head_dim).unbind(2)  # 3 x (B*nW, N, nH, Dh)
-        q = F.normalize(q, dim=-1) * self.temperature().view(self.num_heads, 1)
-        k = F.normalize(k, dim=-1)
-        qkv = torch.stack((q, k, v), dim=2).view(bw, n, 3 * c)  # (B*nW, N, 3C)
-        out = window_attention(qkv, self.num_heads, table, index, mask, scale=1.0)  # (B*nW, N, C)
+        bw, n, _ = x.shape
+        qkv = self.project_qkv(x).view(bw, n, 3, self.num_heads, self.head_dim)  # (B*nW, N, 3, nH, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B*nW, nH, N, Dh)
+        q, k, scale = self.scaled_qk(q, k)
+        qkv = torch.stack((q, k, v)).permute(1, 3, 0, 2, 4).reshape(bw, n, -1)  # (B*nW, N, 3C)
+        out = window_attention(qkv, self.num_heads, table, index, mask, scale=scale)  # (B*nW, N, C)
         return self.proj_drop(self.proj(out))
