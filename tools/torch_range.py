@@ -83,13 +83,13 @@ def ends(low: str | None, high: str | None) -> dict[str, str]:
 
 
 def torchvision_for(torch_version: str, available: list[str]) -> str | None:
-    """The torchvision release made with ``torch_version`` (torch 2.N pairs with torchvision 0.(N+15)); None where
-    the index has none yet (pip then picks the newest one whose requirements allow this torch)."""
+    """The torchvision requirement made for ``torch_version``: torch 2.N pairs with torchvision 0.(N+15), whose
+    patch release pip picks (each pins its torch release); None where the index has no such torchvision yet
+    (pip then picks the newest one whose requirements allow this torch)."""
     major, minor = _key(torch_version)[:2]
-    if major != 2:
+    if major != 2 or not any(_key(v)[:2] == (0, minor + 15) for v in available):
         return None
-    paired = [v for v in available if _key(v)[:2] == (0, minor + 15) and re.fullmatch(r"[0-9.]+", v)]
-    return max(paired, key=_key) if paired else None
+    return f"0.{minor + 15}.*"
 
 
 def run(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeout: int = 3600) -> tuple[int, str]:
