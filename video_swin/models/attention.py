@@ -199,6 +199,10 @@ class WindowAttention(nn.Module):
         bias = self.qkv_bias()
         return self.qkv(x) if bias is self.qkv.bias else F.linear(x, self.qkv.weight, bias)
 
+    def qk_as_projected(self) -> bool:
+        """Whether :meth:`scaled_qk` leaves q and k as projected (dot attention, scale 1 / sqrt(Dh))."""
+        return self.attention != "cosine"
+
     def scaled_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float | None]:
         """``(q, k, scale)`` whose ``q k^T * scale`` are the attention logits; q, k Tensor[..., nH, N, Dh].
 
@@ -206,7 +210,7 @@ class WindowAttention(nn.Module):
         attention: cos(q, k) * temperature, the temperature going into q so
         that scale 1 gives exactly these logits.
         """
-        if self.attention != "cosine":
+        if self.qk_as_projected():
             return q, k, None
         return F.normalize(q, dim=-1) * self.temperature(), F.normalize(k, dim=-1), 1.0
 

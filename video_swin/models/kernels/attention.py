@@ -263,8 +263,8 @@ class FastWindowAttention(WindowAttention):
         if fused_dtype(x, self.qkv.weight, self.qkv.bias, table, dropout_p=dropout_p) is None:
             return super().forward(x, window, mask)
         table, index = self.bias_table(window), self.bias_index(window)  # (rows, nH), (N, N)
-        if self.attention == "dot":
-            # q and k are used as projected: the projection goes into the kernel,
+        if self.qk_as_projected():
+            # Dot attention: the projection goes into the kernel,
             # which can then keep the tokens (C) for backward instead of the projection (3C).
             out = window_attention(
                 x, self.num_heads, table, index, mask, qkv_weight=self.qkv.weight, qkv_bias=self.qkv_bias(),
