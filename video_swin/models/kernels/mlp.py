@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .checks import usable
 from .linear import linear_backward, mm, use_onednn
-from .switches import machine_choice
+from .switches import autocast_dtype, machine_choice
 
 # Rows of the MLP branch processed at a time on CPU: the (rows, hidden) layer
 # of a chunk is this many bytes. Chunks well under glibc's 32 MiB mmap limit
@@ -153,8 +153,8 @@ def recomputed_mlp(
         norm in ``x``'s), as they would on their own.
     """
     device = x.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
+    dtype = autocast_dtype(device)
+    if dtype is not None:
         w1, b1, w2, b2 = (None if t is None else t.to(dtype) for t in (w1, b1, w2, b2))
     with torch.autocast(device, enabled=False):
         return _RecomputedMlp.apply(x, norm_weight, norm_bias, eps, w1, b1, w2, b2, keep_hidden)
