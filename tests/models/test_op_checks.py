@@ -108,3 +108,18 @@ def test_flash_kernel_with_new_arguments_is_off(fresh_checks, monkeypatch, caplo
     (line,) = [r.getMessage() for r in caplog.records]
     assert "_scaled_dot_product_flash_attention_for_cpu" in line and "RuntimeError" in line
     assert fused_attention.fused_dtype(torch.zeros(1)) is None
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the per-device functions, called on a newer torch
+@pytest.mark.parametrize("by_device", [True, False])  # torch >= 2.4 asks autocast by device type; older ones per device
+def test_autocast_dtype_on_either_torch_api(by_device, monkeypatch):
+    from video_swin.models.kernels import switches
+
+    if by_device and not hasattr(torch, "get_autocast_dtype"):
+        pytest.skip("this torch has no autocast API by device type")
+    monkeypatch.setattr(switches, "_AUTOCAST_BY_DEVICE", by_device)
+    assert switches.autocast_dtype("cpu") is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert switches.autocast_dtype("cpu") == torch.bfloat16
+        assert switches.autocast_dtype("cuda") is None
+        assert switches.cpu_compute_dtype(torch.zeros(1)) == torch.bfloat16
