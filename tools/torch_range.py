@@ -278,13 +278,13 @@ def main() -> int:
         result = check_end(name, versions[name], venvs, log_dir)
         results.append(result)
         print(json.dumps(result, indent=1), flush=True)
-    print("\nend   torch      tests                      fast paths ran (checks)                      equivalent  2 steps")
+    print("\nend   torch      tests                              fast paths ran (checks)                      equivalent  2 steps")
     for r in results:
         fp = r.get("fast_paths", {})
         ran = ", ".join(sorted({k.split(" ")[0] for k in fp.get("ran", {})})) or "-"
         off = [p for p, v in fp.get("op_checks", {}).items() if v != "ok"]
         checks = "all ops ok" if fp.get("op_checks") and not off else f"off: {', '.join(off)}"
-        print(f"{r['end']:5} {r['torch']:10} {r.get('equivalence_tests', {}).get('summary', 'not installed')[:26]:26} "
+        print(f"{r['end']:5} {r['torch']:10} {r.get('equivalence_tests', {}).get('summary', 'not installed')[:34]:34} "
               f"{ran} ({checks}) {fp.get('equivalent')!s:>5}  {r.get('train_two_steps', {}).get('passed')}")  # fmt: skip
     return 0 if all(r.get("passed") for r in results) else 1
 
