@@ -123,3 +123,30 @@ def test_autocast_dtype_on_either_torch_api(by_device, monkeypatch):
         assert switches.autocast_dtype("cpu") == torch.bfloat16
         assert switches.autocast_dtype("cuda") is None
         assert switches.cpu_compute_dtype(torch.zeros(1)) == torch.bfloat16
+
+
+class _Scaled:
+    """An op packet whose every call (and ``.out``) gives 1.5x its real result: a kernel that changed its meaning."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __call__(self, *args, **kwargs):
+        return self.real(*args, **kwargs) * 1.5
+
+    def out(self, *args, **kwargs):
+        return self.real.out(*args, **kwargs).mul_(1.5)
+
+
+@pytest.mark.parametrize("op, path", [("_softmax_backward_data", "attention"), ("gelu_backward", "mlp"),
+                                      ("native_layer_norm_backward", "mlp")])  # fmt: skip
+def test_wrong_backward_ops_are_caught(op, path, fresh_checks, monkeypatch, caplog):
+    real = getattr(torch.ops.aten, op)
+    if op == "native_layer_norm_backward":
+        monkeypatch.setattr(torch.ops.aten, op, lambda *a: tuple(t * 1.5 for t in real(*a)))
+    else:
+        monkeypatch.setattr(torch.ops.aten, op, _Scaled(real))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert not checks.usable(path)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"aten.{op}" in line and "differs from the reference" in line
