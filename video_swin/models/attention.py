@@ -225,12 +225,31 @@ class WindowAttention(nn.Module):
         """Relative-position bias for a window in use: Tensor[nH, N, N]."""
         return gather_bias(self.bias_table(window), self.bias_index(window))  # (nH, N, N)
 
+    def qkv_bias(self) -> Tensor | None:
+        """The packed projection's bias: Tensor[3C] (or None), ``qkv.bias``, or V2's q and v biases with no key bias."""
+        if self.attention == "cosine" and self.q_bias is not None:
+            return torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))  # (3C,)
+        return self.qkv.bias
+
     def project_qkv(self, x: Tensor) -> Tensor:
         """The packed projection: Tensor[B*nW, N, C] -> Tensor[B*nW, N, 3C], q, k, v one after the other."""
-        if self.attention == "cosine" and self.q_bias is not None:
-            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))  # (3C,)
-            return F.linear(x, self.qkv.weight, bias)
-        return self.qkv(x)
+        bias = self.qkv_bias()
+        return self.qkv(x) if bias is self.qkv.bias else F.linear(x, self.qkv.weight, bias)
+
+    def qk_as_projected(self) -> bool:
+        """Whether :meth:`scaled_qk` leaves q and k as projected (dot attention, scale 1 / sqrt(Dh))."""
+        return self.attention != "cosine"
+
+    def scaled_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float | None]:
+        """``(q, k, scale)`` whose ``q k^T * scale`` are the attention logits; q, k Tensor[..., nH, N, Dh].
+
+        Dot attention: q and k as projected, scale None (1 / sqrt(Dh)). Cosine
+        attention: cos(q, k) * temperature, the temperature going into q so
+        that scale 1 gives exactly these logits.
+        """
+        if self.qk_as_projected():
+            return q, k, None
+        return F.normalize(q, dim=-1) * self.temperature(), F.normalize(k, dim=-1), 1.0
 
     def temperature(self) -> Tensor:
         """Cosine attention's per-head logit scale, ``min(exp(logit_scale), 100)``: Tensor[nH, 1, 1]."""
@@ -249,13 +268,7 @@ class WindowAttention(nn.Module):
         """
         qkv = self.project_qkv(x)  # (B*nW, N, 3C)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)  # (B*nW, nH, N, Dh)
-        scale = None  # 1 / sqrt(Dh)
-        if self.attention == "cosine":
-            # cos(q, k) * temperature: the temperature goes into q, so that
-            # attention with scale 1 computes exactly these logits.
-            q = F.normalize(q, dim=-1) * self.temperature()
-            k = F.normalize(k, dim=-1)
-            scale = 1.0
+        q, k, scale = self.scaled_qk(q, k)
         bias = self.position_bias(window)  # (nH, N, N)
         dropout_p = self.attn_drop if self.training else 0.0
         if mask is None:
