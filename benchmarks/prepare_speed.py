@@ -144,7 +144,7 @@ def write_source(src: Source) -> tuple[str, int]:
             cx = int(w / 2 + w / 3 * np.sin(i / 20)) - radius
             patch = rgb[cy:cy + 2 * radius, cx:cx + 2 * radius]
             patch[disc] = 255 - patch[disc]
-            out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p", threads=1)
             out.pts = i
             container.mux(video.encode(out))
             if audio is not None and i % src.fps == 0:  # one second of a quiet chord with noise

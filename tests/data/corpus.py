@@ -169,7 +169,7 @@ def write(enc: Encoding, folder: Path) -> Path:
                 grain = rng.integers(-enc.noise, enc.noise + 1, image.shape)
                 image = np.clip(image.astype(np.int16) + grain, 0, 255).astype(np.uint8)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame = frame.reformat(format="yuv420p")
+            frame = frame.reformat(format="yuv420p", threads=1)  # see decoders._rgb
             frame.pts = int(t / time_base)
             frame.time_base = time_base
             container.mux(stream.encode(frame))
@@ -187,7 +187,7 @@ def sequential_indices(path: Path) -> list[int]:
     import av  # noqa: PLC0415
 
     with av.open(str(path)) as container:
-        return [read_index(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+        return [read_index(f.to_ndarray(format="rgb24", threads=1)) for f in container.decode(video=0)]
 
 
 def write_all(folder: Path, encodings: tuple[Encoding, ...] = ENCODINGS) -> dict[str, Path]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.data.video_files import frame_indices_of, index_frames, write_mp4
+from tests.data.video_files import frame_indices_of, index_frames, textured_frames, write_mp4
 from video_swin.data import get_decoder
 from video_swin.data.isolated import IsolatedDecoder
 
@@ -95,3 +95,38 @@ def test_the_project_pools_never_fork(monkeypatch, decoded_everywhere, tmp_path)
     assert all(r.error is None for r in in_workers)
     started = {kind: ctx.get_start_method() for kind, ctx in contexts if ctx is not None}
     assert started == {"demo": "forkserver", "predict": "forkserver"}, contexts
+
+
+_FORK_AFTER_DECODING = """
+import os, sys, time
+from video_swin.data import get_decoder
+path, backends = sys.argv[1], sys.argv[2].split(",")
+for backend in backends:  # decord and torchcodec are verified against PyAV on this first read
+    assert get_decoder(backend).get_frames(path, [0, 17, 39]).shape[0] == 3, backend
+pid = os.fork()  # as torch's DataLoader starts its workers by default
+if pid == 0:
+    code = 0 if get_decoder("pyav").get_frames(path, list(range(40))).shape[0] == 40 else 3
+    os._exit(code)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+sys.exit(4)
+"""
+
+
+def test_a_process_forked_after_the_library_decoded_can_still_decode(tmp_path):
+    """The library converts frames on the calling thread: FFmpeg's scaler starts no slice threads that a forked
+    child (a DataLoader worker) could deadlock on. Run in a fresh interpreter so this test's state leaks nowhere."""
+    import subprocess
+    import sys
+
+    path = write_mp4(tmp_path / "large.mp4", textured_frames(40, height=240, width=320), gop=8)
+    backends = ["pyav"] + [b for b in BACKENDS if b != "pyav" and (b != "torchcodec" or _torchcodec_usable())]
+    result = subprocess.run([sys.executable, "-c", _FORK_AFTER_DECODING, str(path), ",".join(backends)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 4, f"the forked child hung in FFmpeg after the parent decoded with {backends}"
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -62,7 +62,7 @@ def sequential(path: Path) -> torch.Tensor:
         import av
 
         with av.open(str(path)) as container:
-            frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+            frames = [(f.pts, f.to_ndarray(format="rgb24", threads=1)) for f in container.decode(video=0)]
         frames.sort(key=lambda pair: pair[0])
         _SEQUENTIAL[path] = torch.from_numpy(np.stack([f for _, f in frames]))
     return _SEQUENTIAL[path]

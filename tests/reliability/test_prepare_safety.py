@@ -75,28 +75,46 @@ def one_line_error(lines: list[str]) -> str:
 # -- item 9: no hang after the caller decoded video -----------------------------------------------
 
 
+_PREPARE_AFTER_DECODING = """
+import sys, time
+from pathlib import Path
+
+import av
+
+from video_swin.data import get_decoder
+from video_swin.data.decoders import decord_available, torchcodec_available
+from video_swin.data.prepare import prepare
+
+source, out = Path(sys.argv[1]), Path(sys.argv[2])
+video = source / "train" / "walk" / "w1.mp4"
+with av.open(str(video)) as container:  # FFmpeg's frame threads and a threaded scaler, in this process
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    for frame in container.decode(stream):
+        frame.reformat(32, 24, "rgb24")  # PyAV's default: slice threads that a forked copy deadlocks on
+backends = ["pyav"] + [name for name, ok in (("decord", decord_available()), ("torchcodec", torchcodec_available()))
+                       if ok]
+for backend in backends:
+    assert get_decoder(backend).get_frames(video, list(range(12))).shape[0] == 12
+started = time.monotonic()
+counts = prepare(source, out, short_side=32, keyframe_interval=4, jobs=2, timeout=30)
+print(counts, round(time.monotonic() - started), ",".join(backends))
+"""
+
+
 def test_prepare_after_decoding_with_every_backend_does_not_hang(source, tmp_path):
-    """A forked worker deadlocked in libswscale's teardown after the caller had decoded video."""
-    import av
+    """A forked worker deadlocked in libswscale's teardown after the caller had decoded video.
 
-    from video_swin.data import get_decoder
-    from video_swin.data.decoders import decord_available, torchcodec_available
-
-    video = source / "train" / "walk" / "w1.mp4"
-    with av.open(str(video)) as container:  # FFmpeg's frame threads and a scaler, in this process
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            frame.reformat(32, 24, "rgb24")
-    backends = ["pyav"] + [name for name, ok in (("decord", decord_available()), ("torchcodec", torchcodec_available()))
-                           if ok]  # fmt: skip
-    for backend in backends:
-        assert get_decoder(backend).get_frames(video, list(range(12))).shape[0] == 12
-    started = time.monotonic()
-    counts = prepare(source, tmp_path / "out", short_side=32, keyframe_interval=4, jobs=2, timeout=30)
-    took = time.monotonic() - started
-    assert counts == {"prepared": 3, "broken": 0, "failed": 0}, (tmp_path / "out" / "broken.csv").read_text()
-    assert took < 30, f"prepare took {took:.0f} s after decoding with {backends}"
+    The caller is a fresh interpreter: the threaded scaler it starts on purpose must not stay in this test
+    process, whose later tests fork DataLoader workers.
+    """
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-c", _PREPARE_AFTER_DECODING, str(source), str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts, took, backends = result.stdout.strip().splitlines()[-1].rsplit(" ", 2)
+    assert counts == str({"prepared": 3, "broken": 0, "failed": 0}), (out / "broken.csv").read_text()
+    assert int(took) < 30, f"prepare took {took} s after decoding with {backends}"
 
 
 # -- item 2: the source is never touched ----------------------------------------------------------

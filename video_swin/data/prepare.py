@@ -243,10 +243,10 @@ def transcode(src: str, dst: str, index: FrameIndex, options: Options) -> None:
             first = int(index.pts[0]) if index.timestamps else 0
             for count, frame in enumerate(inp.decode(stream)):
                 if k:
-                    upright = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), k))
-                    new = av.VideoFrame.from_ndarray(upright, format="rgb24").reformat(width, height, "yuv420p")
+                    upright = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24", threads=1), k))
+                    new = av.VideoFrame.from_ndarray(upright, format="rgb24").reformat(width, height, "yuv420p", threads=1)
                 else:
-                    new = frame.reformat(width, height, "yuv420p")
+                    new = frame.reformat(width, height, "yuv420p", threads=1)
                 new.pts = (frame.pts - first) if index.timestamps and frame.pts is not None else count
                 new.pict_type = av.video.frame.PictureType.NONE  # the source's I-frames must not force keyframes
                 new.time_base = time_base
