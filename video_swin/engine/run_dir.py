@@ -40,7 +40,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
