@@ -166,10 +166,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         load_predictor,
         parse_feature_stages,
     )
-    from .engine.predict_output import FeatureWriter, PredictionTable
+    from .engine.predict_output import FeatureWriter, PredictionTable, check_destinations
 
     videos = find_videos(args.videos)
-    table = PredictionTable(args.out, args.top_k) if args.out else None  # a wrong suffix fails before loading
+    check_destinations(args.out, args.features)  # a wrong suffix, kind of path or a read-only one: before loading
     if args.feature_stages is not None:
         parse_feature_stages(args.feature_stages, 64)  # the wording, before loading; the model's stages below
     model, cfg, classes = load_predictor(weights, cfg=cfg, classes=args.classes)
@@ -178,7 +178,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning("%s carries no class names; showing class indices (--classes names them)",
                                             weights)
     views = views or cfg.eval.parsed_views
+    table = PredictionTable(args.out, args.top_k) if args.out else None  # written under a temporary name
     features = FeatureWriter(args.features, videos, precision=args.precision) if args.features else None
+    writers = [w for w in (table, features) if w is not None]
     dataset_log = logging.getLogger("video_swin.data.dataset")
     level = dataset_log.level
     dataset_log.setLevel(logging.ERROR)  # failures are reported per file below
@@ -198,11 +200,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 entries.append(r.to_dict())
             elif not args.out:
                 print(format_prediction(r), flush=True)
+        for writer in writers:
+            writer.close()  # moved into place, complete
+    except BaseException as e:
+        kept = []
+        for writer in writers:  # nothing scored is thrown away: what was written so far, named .partial
+            try:
+                kept.append(writer.abort())
+            except OSError as again:
+                print(f"error: could not keep the partial results: {_one_line(again)}", file=sys.stderr)
+        kept = [str(p) for p in kept if p is not None]
+        if kept:
+            print(f"stopped early; the results so far are in {', '.join(kept)}", file=sys.stderr)
+        if isinstance(e, OSError):  # writing the results failed (a full disk): the run failed, one line
+            print(f"error: writing the results: {_one_line(e)}", file=sys.stderr)
+            return 1
+        raise
     finally:
         dataset_log.setLevel(level)  # main() may be called in-process (tests)
-        for writer in (table, features):
-            if writer is not None:
-                writer.close()
     if args.json:
         print(json.dumps({"weights": str(weights), "views": str(views), "precision": args.precision,
                           "videos": entries}, indent=2))
@@ -241,7 +256,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .data.prepare import prepare
+    from .data.prepare import find_splits, prepare
 
     lists = {}
     for item in args.annotations:
@@ -251,14 +266,22 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         lists[split] = file
     counts = prepare(args.src, args.out, short_side=args.short_side, keyframe_interval=args.keyframe_interval,
                      jobs=args.jobs, reencode=not args.no_reencode, annotations=lists, timeout=args.timeout,
-                     shards=args.shards, shard_size=args.shard_size)
+                     shards=args.shards, shard_size=args.shard_size, skip_failed=args.skip_failed)
     out = args.out if not args.no_reencode else args.src
+    written = list(find_splits(Path(args.src), lists))  # the tables prepare wrote: OUT/{split}.csv
+    keys = {"train": "data.train_annotations", "val": "data.val_annotations", "validate": "data.val_annotations"}
+    tables = " ".join(dict.fromkeys(f"{keys[s]}={args.out}/{s}.csv" for s in written if s in keys))
+    others = [f"{args.out}/{s}.csv" for s in written if s not in keys]
     print(f"{counts['prepared']} videos ready, {counts['broken']} broken (listed in {args.out}/broken.csv); "
-          f"train with data.root={out} data.train_annotations={args.out}/train.csv "
-          f"data.val_annotations={args.out}/val.csv")
+          f"train with data.root={out}{' ' + tables if tables else ''}"
+          f"{'; also written: ' + ', '.join(others) if others else ''}")
     if args.shards:
-        print(f"{counts['shards']} shards in {args.out}/shards; stream them with "
-              f"data.shards='{args.out}/shards/{{split}}-*.tar'")
+        print(f"{counts['shards']} shards in {args.out}/shards; stream them with data.shards={args.out}/shards")
+    if counts.get("failed"):
+        print(f"error: {counts['failed']} of the broken videos failed for another reason than being bad videos "
+              f"(a timeout, a crashed worker, an error writing {args.out}; see {args.out}/broken.csv); run prepare "
+              "again to retry them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -296,14 +319,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import check_export, default_input_size, export_model, load_for_export
     from .pretrained import is_pretrained_name
 
+    from .outputs import check_file_destination
+
+    stem = args.weights if is_pretrained_name(args.weights) and not Path(args.weights).exists() else Path(args.weights).stem
+    out = check_file_destination(args.out or f"{stem}.{args.format}", "--out")  # before the (slow) load and export
     model, known = load_for_export(args.weights, args.model, args.num_classes)
     size = size or known or default_input_size(model)
     if len(size) != model.ndim or min(size) < 1:
         sizes = "TxHxW" if model.ndim == 3 else "HxW"
         raise ConfigError(f"--clip: {model.config['name']} takes {sizes} (sizes >= 1), got {args.clip!r}")
     shape = (batch, model.in_chans, *size)
-    stem = args.weights if is_pretrained_name(args.weights) and not Path(args.weights).exists() else Path(args.weights).stem
-    out = Path(args.out or f"{stem}.{args.format}")
     try:
         export_model(model, args.format, shape, dynamic_batch=dynamic, path=out)
         print(f"wrote {out} (input {'B' if dynamic else batch}x{'x'.join(map(str, shape[1:]))})")
@@ -339,7 +364,10 @@ Check, re-encode and index every video of a dataset once, before training: H.264
 short side resized (--short-side) and a keyframe every --keyframe-interval frames, rotation
 applied, the frame index stored beside each video (<video>.index.npz). Writes OUT/{{split}}.csv
 (official Kinetics columns) and OUT/broken.csv (path, reason). A video that crashes or hangs
-the decoder is listed as broken; an interrupted run continues where it stopped.
+the decoder is listed as broken; an interrupted run continues where it stopped, and a video
+that failed is tried again (--skip-failed keeps the verdict). SRC is only read: OUT must lie
+outside it. Exit code 1 when a video failed for another reason than being a bad video (a
+timeout, a crash, an error writing OUT) or the disk filled up; bad videos alone keep exit 0.
 
 SRC layouts: annotations/{{train,val,test}}.csv with the videos in SRC/{{train,val,test}}/ (the
 common Kinetics download scripts), {{train,val,test}}/<class>/ folders, or --annotations.
@@ -486,6 +514,8 @@ def build_parser() -> ArgumentParser:
                       help="also write WebDataset tar shards of every split to OUT/shards (for data.shards)")
     prep.add_argument("--shard-size", type=int, default=256, metavar="N",
                       help="videos per shard with --shards (default: 256)")
+    prep.add_argument("--skip-failed", action="store_true",
+                      help="keep the verdict of videos that failed in an earlier run instead of trying them again")
 
     export = command("export", cmd_export, "export a model for deployment: ONNX or torch.export (.pt2)",
                      value_errors=True, description=EXPORT_DESCRIPTION, formatter_class=raw)

@@ -96,7 +96,8 @@ class DataConfig:
     # freed (SharedRingCollate); 0: torch's default collate (a new segment per batch).
     shm_slots: int = 4
     generate_demo: bool = False  # write the demo dataset to `root` if it is missing
-    # WebDataset shards instead of files (`video-swin prepare --shards`): a pattern whose
+    # WebDataset shards instead of files (`video-swin prepare --shards`): the folder it wrote
+    # (OUT/shards: each split's shards are found in it), or a pattern whose
     # {split} becomes train or val, brace-expanded, e.g. /data/k400/shards/{split}-{000000..000936}.tar;
     # local paths and globs, pipe: commands, http(s)/gs/hf URLs, fsspec URLs such as s3://...
     shards: str | None = None
@@ -479,9 +480,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be in [0, 1], got {value!r}")
     if cfg.data.crop_size > cfg.data.train_short_side:
         raise ConfigError(f"data.crop_size: {cfg.data.crop_size} exceeds data.train_short_side {cfg.data.train_short_side}")
-    if cfg.data.shards is not None and (cfg.data.pipeline != "native" or "{split}" not in cfg.data.shards):
-        raise ConfigError("data.shards: needs data.pipeline: native and a pattern holding {split} "
-                          f"(e.g. /data/shards/{{split}}-{{000000..000099}}.tar), got {cfg.data.shards!r}")
+    if cfg.data.shards is not None and (cfg.data.pipeline != "native" or not _shard_location(cfg.data.shards)):
+        raise ConfigError("data.shards: needs data.pipeline: native and the folder video-swin prepare --shards "
+                          "wrote or a pattern holding {split} (e.g. /data/shards/{split}-{000000..000099}.tar), "
+                          f"got {cfg.data.shards!r}")
     if cfg.data.rand_augment is not None and len(cfg.data.rand_augment) != 2:
         raise ConfigError(f"data.rand_augment: expected [n, m], got {cfg.data.rand_augment!r}")
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
@@ -494,6 +496,21 @@ def validate(cfg: Config) -> None:
         close = difflib.get_close_matches(cfg.model.name, list_models(), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f"; one of {list_models()}"
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}{hint}")
+
+
+def is_shard_folder(shards: str) -> bool:
+    """Whether ``data.shards`` names a folder (as ``prepare --shards`` wrote) rather than a pattern or URL:
+    a local path without ``{split}``, braces or glob characters."""
+    import glob
+    from urllib.parse import urlparse
+
+    return (len(urlparse(shards).scheme) <= 1 and "{" not in shards and not glob.has_magic(shards)
+            and not shards.startswith("pipe:"))
+
+
+def _shard_location(shards: str) -> bool:
+    """A pattern holding ``{split}``, or the folder prepare wrote."""
+    return "{split}" in shards or is_shard_folder(shards)
 
 
 def check_paths(cfg: Config, *, evaluation: bool = False) -> None:

@@ -40,6 +40,16 @@ class TrainingError(RuntimeError):
     """The run cannot go on (non-finite losses, a broken distributed launch, ...)."""
 
 
+class ShardError(RuntimeError):
+    """A WebDataset shard that cannot be read (damaged, truncated, or gone while a run streams it);
+    names the shard and why. The data is broken, not the command: a run that cannot go on (exit 1)."""
+
+
+class ShardLocationError(ShardError, ConfigError):
+    """``data.shards`` names no readable shard of a split: a pattern or folder that matches nothing,
+    or shards that cannot be reached when the run starts. A user mistake (exit 2); names the pattern."""
+
+
 class Preempted(Exception):
     """Training stopped on a signal (SIGTERM, SIGINT, SIGUSR1) after saving the state of ``step``.
 
@@ -131,7 +141,7 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 
 # Exit codes of the command line: user mistakes and runs that cannot go on.
 USAGE_ERRORS = (ConfigError, CheckpointError, ResumeError, FileNotFoundError)
-RUN_ERRORS = (TrainingError, TooManyBrokenVideos)
+RUN_ERRORS = (TrainingError, TooManyBrokenVideos, ShardError)
 
 __all__ = [
     "AnnotationError",
@@ -141,6 +151,8 @@ __all__ = [
     "Preempted",
     "ResumeError",
     "RUN_ERRORS",
+    "ShardError",
+    "ShardLocationError",
     "TooManyBrokenVideos",
     "TrainingError",
     "USAGE_ERRORS",

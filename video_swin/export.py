@@ -10,8 +10,9 @@ depend on it. The exported graph is the reference model of
 (:func:`~video_swin.models.kernels.accelerate_cpu`) are undone on a copy, the
 caller's model is left as it was.
 
-Three things each make a plain ``torch.export.export``/``torch.onnx.export``
-of a Swin model fail, and are taken care of here:
+Three things stand in the way of exporting a Swin model; the model takes care
+of the last two itself, so that a plain ``torch.export.export``/``torch.onnx.export``
+of a model as built passes too, and this module of all three:
 
 * Dimensions of size 0 or 1 are specialised by PyTorch's symbolic shapes, so
   an example batch of 1 yields "batch ... specialized to be a constant (1)";
@@ -21,12 +22,15 @@ of a Swin model fail, and are taken care of here:
   is then traced through another kernel (math instead of the fused one) than
   the one the ONNX exporter's decomposition assumes; the head merge after it
   fails with "Cannot view a tensor with shape ..." (pytorch/pytorch#136543,
-  #141107). An inference export has no use for gradients: the copy is frozen.
+  #141107). The attention is therefore written out as matmuls and a softmax
+  while exporting with gradients (:func:`~video_swin.models.attention.attend`);
+  an inference export has no use for gradients anyway: the copy is frozen and
+  keeps the fused call.
 * Index tables and shift masks are built on first use for an input size and
-  cached on the modules; built during tracing, they would be fake tensors
-  assigned to the modules, and the graph would rebuild them in every call.
-  One eager forward on the example size first fills the caches, and the
-  tracer takes them as constants.
+  cached on the modules; built during tracing they are part of the graph
+  (and never stored on the modules), rebuilt in every call. One eager forward
+  on the example size first fills the caches, and the tracer takes them as
+  constants.
 
 ONNX needs the ``onnx`` and ``onnxscript`` packages (``pip install
 video-swin[export]``, which adds onnxruntime to run the file).
@@ -49,6 +53,7 @@ from .checkpoints.io import read_sidecar
 from .errors import CheckpointError
 from .factory import create_model
 from .models.kernels import reference
+from .outputs import check_file_destination
 from .pretrained import get_pretrained, is_pretrained_name
 
 FORMATS = ("onnx", "pt2")
@@ -85,6 +90,7 @@ def export_model(
 
     Raises:
         ValueError: an unknown format or an input shape the model does not take.
+        ConfigError: ``path`` is a folder or cannot be written (read-only, under a file).
         ImportError: ONNX without the onnx or onnxscript package (``pip install 'video-swin[export]'``).
     """
     if format not in FORMATS:
@@ -92,6 +98,8 @@ def export_model(
     missing = [m for m in ("onnx", "onnxscript") if format == "onnx" and importlib.util.find_spec(m) is None]
     if missing:
         raise ImportError(f"ONNX export needs {' and '.join(missing)}")
+    if path is not None:  # a folder, a read-only place: before the export, which takes minutes for large models
+        check_file_destination(path, "export path")
     shape = tuple(int(s) for s in example_shape)
     model = _inference_copy(model)
     model.check_input(torch.empty(shape, device="meta"))

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,7 +59,7 @@ def prepared(kinetics_src, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_outputs_and_tables(prepared):
     out, counts = prepared
-    assert counts == {"prepared": 4, "broken": 2}
+    assert counts == {"prepared": 4, "broken": 2, "failed": 0}
     rows = list(csv.DictReader(open(out / "train.csv")))
     assert [r["youtube_id"] for r in rows] == ["abcdefghijk", "bbbbbbbbbbb"]
     assert rows[0] == {"label": "running", "youtube_id": "abcdefghijk", "time_start": "10", "time_end": "20",
@@ -116,32 +113,30 @@ def test_a_second_run_does_nothing_and_an_interrupted_one_continues(kinetics_src
     journal = out / ".prepare" / "journal.jsonl"
     lines = journal.read_text().splitlines()
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")}
-    assert prepare(kinetics_src, out, short_side=64, keyframe_interval=8, jobs=1) == {"prepared": 4, "broken": 2}
+    # with --skip-failed nothing is done again; without, only the broken video is tried again
+    again = {"prepared": 4, "broken": 2, "failed": 0}
+    assert prepare(kinetics_src, out, short_side=64, keyframe_interval=8, jobs=1, skip_failed=True) == again
     assert journal.read_text().splitlines() == lines
+    assert prepare(kinetics_src, out, short_side=64, keyframe_interval=8, jobs=1) == again
+    retried = journal.read_text().splitlines()[len(lines):]
+    assert [Path(json.loads(line)["src"]).stem for line in retried] == ["eeeeeeeeeee_000000_000010"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")} == stamps
     # as if stopped after the first video: the rest is done, the first is not redone
     journal.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # settings, one entry, a cut line
     first = Path(json.loads(lines[1])["dst"])
     before = first.stat().st_mtime_ns
-    assert prepare(kinetics_src, out, short_side=64, keyframe_interval=8, jobs=1) == {"prepared": 4, "broken": 2}
+    assert prepare(kinetics_src, out, short_side=64, keyframe_interval=8, jobs=1) == {"prepared": 4, "broken": 2, "failed": 0}
     assert first.stat().st_mtime_ns == before
     with pytest.raises(Exception, match="prepared with"):
         prepare(kinetics_src, out, short_side=128, keyframe_interval=8, jobs=1)
 
 
 def test_a_crashing_or_hanging_decoder_costs_one_file(kinetics_src, tmp_path, monkeypatch):
-    original = prepare_module.prepare_one
+    import prepare_faults  # noqa: PLC0415  (beside this file: the workers import it by name)
 
-    def hostile(job, options):
-        if job.src.endswith("abcdefghijk_000010_000020.mp4"):
-            os.kill(os.getpid(), signal.SIGSEGV)
-        if job.src.endswith("bbbbbbbbbbb_000000_000010.avi"):
-            time.sleep(60)
-        return original(job, options)
-
-    monkeypatch.setattr(prepare_module, "prepare_one", hostile)  # workers are forked: they get it
+    monkeypatch.setattr(prepare_module, "prepare_one", prepare_faults.crash_or_hang)
     counts = prepare(kinetics_src, tmp_path / "out", short_side=64, jobs=2, timeout=3)
-    assert counts == {"prepared": 2, "broken": 4}
+    assert counts == {"prepared": 2, "broken": 4, "failed": 2}
     broken = {Path(r["path"]).stem: r["reason"] for r in csv.DictReader(open(tmp_path / "out" / "broken.csv"))}
     assert "crashed (signal SIGSEGV)" in broken["abcdefghijk_000010_000020"]
     assert "longer than 3 s" in broken["bbbbbbbbbbb_000000_000010"]
@@ -154,14 +149,14 @@ def test_class_folders_and_lists_with_repeated_names(tmp_path):
         (src / "train" / label).mkdir(parents=True)
         shutil.copy(made, src / "train" / label / "clip1.avi")  # the same name in two classes
     counts = prepare(src, tmp_path / "out", jobs=1)
-    assert counts == {"prepared": 2, "broken": 0}
+    assert counts == {"prepared": 2, "broken": 0, "failed": 0}
     parsed = read_annotations(tmp_path / "out" / "train.csv", tmp_path / "out")
     assert sorted(r.label for r in parsed.records) == ["a", "b"] and len({r.path for r in parsed.records}) == 2
     # an mmaction list (label indices, classes.txt beside it), without re-encoding
     (src / "list.txt").write_text("train/a/clip1.avi 0\ntrain/b/clip1.avi 1\n")
     (src / "classes.txt").write_text("a\nb\n")
     counts = prepare(src, tmp_path / "out2", annotations={"train": str(src / "list.txt")}, reencode=False, jobs=1)
-    assert counts == {"prepared": 2, "broken": 0}
+    assert counts == {"prepared": 2, "broken": 0, "failed": 0}
     assert not list((tmp_path / "out2").rglob("*.mp4"))
 
 

@@ -104,9 +104,12 @@ def torchcodec_available() -> bool:
 
 def _check_file(path: str | Path) -> None:
     if not os.path.isfile(path):
-        if os.path.islink(path):
+        if os.path.islink(path) and not os.path.exists(path):
             raise DecodeError(path, f"dangling symbolic link (its target {os.readlink(path)} does not exist)")
-        raise DecodeError(path, "file not found" if not os.path.exists(path) else "not a regular file")
+        if not os.path.exists(path):
+            raise DecodeError(path, "file not found")
+        target = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+        raise DecodeError(path, f"not a regular file{target}: a device, folder, pipe or socket")
     if os.path.getsize(path) == 0:
         raise DecodeError(path, "empty file (0 bytes)")
 

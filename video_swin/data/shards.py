@@ -34,7 +34,8 @@ Reading (:class:`ShardDataset`) is deterministic by construction:
   padded with repeats of its last video, which evaluation counts once by
   ``"index"``), so collective gathers never wait for a rank that has finished.
 
-Shard locations (``data.shards``) are local paths, brace patterns
+Shard locations (``data.shards``) are the folder ``prepare --shards`` wrote
+(``OUT/shards``: each split's ``{split}-NNNNNN.tar`` are found in it), local paths, brace patterns
 (``/data/shards/{split}-{000000..000099}.tar``, ``{split}`` being ``train``
 or ``val``), local glob patterns, ``pipe:`` commands and URLs: those
 ``webdataset``'s ``gopen`` opens (``http(s)://``, ``gs://``, ``hf://``, ...),
@@ -62,7 +63,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import ConfigError, ResumeError, first_line
+from ..config import is_shard_folder
+from ..errors import ConfigError, ResumeError, ShardError, ShardLocationError, first_line
 from .broken import FAILURES, DecodeFailure
 from .dataset import read_views  # VideoDataset's sampling and transform, shared
 from .decoder_base import DecodeError, Decoder
@@ -77,10 +79,6 @@ DEFAULT_SHARD_SIZE = 256
 SHUFFLE_SEED = 20240  # the order of the samples in the shards prepare writes
 INDEX_EXT = "index.npz"  # the sidecar's member name in a sample: <key>.index.npz
 _MTIME = 0.0  # tar member times: the same bytes on every run
-
-
-class ShardError(RuntimeError):
-    """A shard pattern that matches nothing, or a shard that cannot be read (names the shard and why)."""
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -202,27 +200,45 @@ def open_url(url: str):
     return fsspec.open(url, "rb").open()
 
 
+def split_pattern(shards: str) -> str:
+    """``data.shards`` as a pattern holding ``{split}``: a folder becomes ``FOLDER/{split}-NNNNNN.tar``
+    (the names :func:`write_shards` gives); a pattern or URL is returned as it is."""
+    if not is_shard_folder(shards):
+        return shards
+    return os.path.join(glob.escape(os.path.expanduser(shards)), "{split}-" + "[0-9]" * 6 + ".tar")
+
+
 def expand_pattern(pattern: str, split: str) -> list[str]:
     """The shard URLs of ``split``: ``{split}`` replaced, braces expanded, local globs resolved.
 
+    ``pattern`` may also be the folder ``prepare --shards`` wrote (see :func:`split_pattern`).
+
     Raises:
-        ShardError: The pattern names no shard, or local files that do not exist.
+        ShardLocationError: The pattern (or folder) names no shard, or local files that do not exist.
     """
     from braceexpand import braceexpand
 
+    if is_shard_folder(pattern) and not os.path.isdir(os.path.expanduser(pattern)):
+        what = "a file, not" if os.path.exists(os.path.expanduser(pattern)) else "not"
+        raise ShardLocationError(f"data.shards: {pattern!r} is {what} a folder of shards; give the folder "
+                                 f"video-swin prepare --shards wrote (OUT/shards) or a pattern holding {{split}}")
     urls: list[str] = []
-    for url in braceexpand(pattern.replace("{split}", split)):
+    for url in braceexpand(split_pattern(pattern).replace("{split}", split)):
         local = not urlparse(url).scheme or len(urlparse(url).scheme) == 1
         if local and glob.has_magic(url):
             urls += sorted(glob.glob(os.path.expanduser(url)))
         else:
             urls.append(os.path.expanduser(url) if local else url)
+    if not urls and is_shard_folder(pattern):
+        raise ShardLocationError(f"data.shards: the folder {pattern!r} holds no shard of the {split} split "
+                                 f"({split}-000000.tar, ... as video-swin prepare --shards writes them)")
     if not urls:
-        raise ShardError(f"data.shards: {pattern!r} matches no shard of the {split} split")
+        raise ShardLocationError(f"data.shards: {pattern!r} matches no shard of the {split} split; give the "
+                                 "folder video-swin prepare --shards wrote or a pattern of existing shards")
     missing = [u for u in urls if (not urlparse(u).scheme or len(urlparse(u).scheme) == 1) and not os.path.isfile(u)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ShardError(f"data.shards: {pattern!r}: no shard {missing[0]}{more} for the {split} split")
+        raise ShardLocationError(f"data.shards: {pattern!r}: no shard {missing[0]}{more} for the {split} split")
     return urls
 
 
@@ -251,22 +267,24 @@ def read_shard(url: str, expected: int | None = None) -> Iterator[dict]:
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     try:
-        stream = open_url(url)
+        stream = _Counted(open_url(url))
     except Exception as exc:
-        raise ShardError(f"{url}: cannot open this shard ({first_line(exc)})") from exc
+        raise _unreadable(url, exc) from exc
     count = 0
     try:
         for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
             missing = [ext for ext in ("mp4", "json") if ext not in sample]
             if missing:
                 raise ShardError(f"{url}: damaged shard: sample {sample.get('__key__')!r} has no "
-                                 f"{' or '.join(missing)} (or not a shard video-swin prepare wrote)")
+                                 f"{' or '.join(missing)} (or not a shard video-swin prepare wrote){_REWRITE}")
             count += 1
             yield sample
     except ShardError:
         raise
     except Exception as exc:
-        raise ShardError(f"{url}: damaged shard after {count} samples ({first_line(exc)})") from exc
+        if stream.bytes == 0:  # not a damaged shard: nothing came (unreachable, a failed command, empty)
+            raise _unreadable(url, exc, nothing=True) from exc
+        raise ShardError(f"{url}: damaged shard after {count} samples ({first_line(exc)}){_REWRITE}") from exc
     finally:
         try:
             stream.close()
@@ -274,7 +292,34 @@ def read_shard(url: str, expected: int | None = None) -> Iterator[dict]:
             logger.debug("closing %s: %s", url, exc)
     if expected is not None and count != expected:
         raise ShardError(f"{url}: {count} samples where the manifest lists {expected}: the shard is damaged "
-                         "or was replaced since the manifest was written")
+                         f"or was replaced since the manifest was written{_REWRITE}")
+
+
+_REWRITE = "; write the shards again (video-swin prepare --shards)"
+
+
+class _Unreadable(ShardError):
+    """Nothing could be read from a shard: not reachable, or empty (a location error when a run starts)."""
+
+
+class _Counted:
+    """A binary stream that counts the bytes read from it (an unreachable URL gives none: curl failed)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.bytes = stream, 0
+
+    def read(self, *args: Any) -> bytes:
+        data = self.stream.read(*args)
+        self.bytes += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _unreadable(url: str, exc: BaseException, nothing: bool = False) -> ShardError:
+    reason = "no data came: unreachable, a failed command or an empty file" if nothing else first_line(exc)
+    return _Unreadable(f"{url}: cannot read this shard ({reason})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,12 +373,21 @@ class ShardSet:
         counts, records = [], []
         for url in urls:
             n = 0
-            for sample in read_shard(url):
+            for sample in _located(read_shard(url), pattern, split):
                 meta = json.loads(sample["json"])
                 records.append(ShardRecord(meta.get("path") or sample["__key__"], meta["label"], sample["__key__"]))
                 n += 1
             counts.append(n)
         return cls(tuple(urls), tuple(counts), tuple(records))
+
+
+def _located(samples: Iterator[dict], pattern: str, split: str) -> Iterator[dict]:
+    """``samples``, a shard that gives no data at all reported as ``data.shards``'s mistake (exit 2)."""
+    try:
+        yield from samples
+    except _Unreadable as exc:
+        raise ShardLocationError(f"data.shards: {pattern!r}: {exc}; check the {split} split's location "
+                                 "(path, URL, server)") from exc
 
 
 # -- the plan: which samples each rank and worker role reads -----------------------------------
@@ -684,5 +738,18 @@ class ShardLoader:
             it = iter(self.loader)  # the workers copy the dataset, resume point included, here
         finally:
             self.dataset.resume_batches = 0  # applies to one iteration
-        for batch in it:
-            yield send_to_device(batch, self.device) if self.device is not None else batch
+        try:
+            for batch in it:
+                yield send_to_device(batch, self.device) if self.device is not None else batch
+        except ShardError as exc:  # from a worker: torch's message holds the worker's traceback
+            raise _from_worker(exc) from None
+
+
+def _from_worker(exc: ShardError) -> ShardError:
+    """The worker's own one-line message of a ShardError that a DataLoader re-raised (``Caught ShardError in
+    DataLoader worker process 0.`` and the traceback, the error's line last)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) < 2 or not lines[0].startswith("Caught "):
+        return exc
+    last = re.match(r"[\w.]+: (.*)", lines[-1])  # "video_swin.errors.ShardError: <message>"
+    return ShardError(last.group(1) if last else lines[-1])

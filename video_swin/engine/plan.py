@@ -46,6 +46,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..models import SwinBlock, create_model
 from ..models.attention import WindowAttention
+from ..models.kernels.switches import autocast_dtype
 from ..models.windows import Size
 
 GIB = 2**30
@@ -159,8 +160,8 @@ class _FusedAttentionMode(TorchFunctionMode):
         q, k, v = args[:3]
         mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
         tensors = [q, k, v, mask]
-        if torch.is_autocast_enabled(q.device.type):
-            dtype = torch.get_autocast_dtype(q.device.type)
+        dtype = autocast_dtype(q.device.type)
+        if dtype is not None:
             tensors = [None if t is None else t.to(dtype) for t in tensors]
         return _FusedAttentionKernel.apply(*tensors)
 

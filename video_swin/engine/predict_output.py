@@ -17,9 +17,32 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..outputs import check_file_destination, check_folder_destination, temporary_beside
 from .predict import VideoPrediction
 
 TABLE_SUFFIXES = (".csv", ".jsonl")
+PARTIAL_SUFFIX = ".partial"  # what a run stopped early had written: <destination>.partial
+
+
+def check_destinations(out: str | os.PathLike | None, features: str | os.PathLike | None) -> None:
+    """``--out FILE`` and ``--features DIR|FILE.safetensors`` checked before anything is scored.
+
+    Raises:
+        ConfigError: a table suffix other than .csv/.jsonl, a folder where a
+            file is needed or a file where a folder is, a read-only destination,
+            or both options naming the same path.
+    """
+    if out is not None:
+        check_file_destination(out, "--out")
+        if Path(out).suffix.lower() not in TABLE_SUFFIXES:
+            raise ConfigError(f"--out: expected a .csv or .jsonl file, got {str(out)!r}")
+    if features is not None:
+        if Path(features).suffix == ".safetensors":
+            check_file_destination(features, "--features")
+        else:
+            check_folder_destination(features, "--features")
+    if out is not None and features is not None and os.path.abspath(out) == os.path.abspath(features):
+        raise ConfigError(f"--out and --features name the same path {str(out)!r}; give each its own")
 
 
 class PredictionTable:
@@ -33,10 +56,11 @@ class PredictionTable:
     def __init__(self, path: str | os.PathLike, top_k: int) -> None:
         self.path = Path(path)
         self.kind = self.path.suffix.lower()
-        if self.kind not in TABLE_SUFFIXES:
-            raise ConfigError(f"--out: expected a .csv or .jsonl file, got {str(path)!r}")
+        check_destinations(self.path, None)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._tmp = temporary_beside(self.path)  # renamed to path by close(): never a half-written table there
+        self._rows = 0
+        self._file: IO[str] = open(self._tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._csv = None
         if self.kind == ".csv":
             self._csv = csv.writer(self._file)
@@ -49,9 +73,25 @@ class PredictionTable:
         else:
             self._file.write(json.dumps(r.to_dict()) + "\n")
         self._file.flush()
+        self._rows += 1
 
     def close(self) -> None:
+        """The complete table, moved into place."""
         self._file.close()
+        os.replace(self._tmp, self.path)
+        self._rows = -1  # done: nothing for abort()
+
+    def abort(self) -> Path | None:
+        """After a run stopped early: the rows written so far as ``<path>.partial`` (returned), or nothing."""
+        self._file.close()
+        if self._rows < 0:
+            return None
+        if not self._rows:
+            self._tmp.unlink(missing_ok=True)
+            return None
+        partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        os.replace(self._tmp, partial)
+        return partial
 
 
 def stage_key(video: str, stage: int) -> str:
@@ -87,6 +127,7 @@ class FeatureWriter:
         self._tensors: dict[str, torch.Tensor] = {}
         parents = [os.path.dirname(os.path.abspath(v)) for v in videos]
         self._base = os.path.commonpath(parents) if parents else os.getcwd()
+        check_destinations(None, self.out)
         (self.out.parent if self.single else self.out).mkdir(parents=True, exist_ok=True)
 
     def file_for(self, video: str) -> Path:
@@ -103,18 +144,46 @@ class FeatureWriter:
             return
         target = self.file_for(r.path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, r.features.numpy())
+        _save_npy(target, r.features)
         for i, t in stages.items():
-            np.save(target.with_suffix(f".stage{i}.npy"), t.numpy())
+            _save_npy(target.with_suffix(f".stage{i}.npy"), t)
 
     def close(self) -> None:
+        """The single file written and moved into place (the .npy files are each in place already)."""
         if self.single and self._tensors:
-            from safetensors.torch import save_file
+            self._save(self.out)
+            self._tensors = {}  # done: nothing for abort()
 
-            tmp = self.out.with_name(self.out.name + ".tmp")
-            metadata = {"content": "pooled features averaged over views; '<path>#stage<i>': stage i's map of "
-                                   "forward_intermediates (before the final norm) average-pooled over T, H, W"}
-            if self.precision:
-                metadata["precision"] = self.precision  # the model's dtype when computed
+    def abort(self) -> Path | None:
+        """After a run stopped early: the single file's features so far as ``<file>.partial`` (returned);
+        a folder keeps the .npy files already written (each whole)."""
+        if not (self.single and self._tensors):
+            return None
+        partial = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
+        self._save(partial)
+        return partial
+
+    def _save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        tmp = temporary_beside(path)
+        metadata = {"content": "pooled features averaged over views; '<path>#stage<i>': stage i's map of "
+                               "forward_intermediates (before the final norm) average-pooled over T, H, W"}
+        if self.precision:
+            metadata["precision"] = self.precision  # the model's dtype when computed
+        try:
             save_file(self._tensors, tmp, metadata=metadata)
-            os.replace(tmp, self.out)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _save_npy(path: Path, t: torch.Tensor) -> None:
+    """One .npy, written under a temporary name and moved into place whole."""
+    tmp = temporary_beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, t.numpy())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

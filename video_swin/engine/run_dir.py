@@ -75,8 +75,11 @@ class RunLock:
     Use as a context manager, on the main process only.
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, *, subject: str | None = None,
+                 advice: str = "choose another output_dir") -> None:
         self.path = Path(folder) / LOCK_FILE
+        self.subject = subject or f"output_dir {self.path.parent}"  # what the refusal names (prepare: its OUT)
+        self.advice = advice
         self._fd: int | None = None
         self.created = False  # whether acquire created the lock file
 
@@ -97,12 +100,11 @@ class RunLock:
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EAGAIN):
                 os.close(fd)
-                raise ConfigError(f"output_dir {self.path.parent}: cannot lock {self.path} ({e.strerror})") from e
+                raise ConfigError(f"{self.subject}: cannot lock {self.path} ({e.strerror})") from e
             holder = _read_holder(fd)
             os.close(fd)
             raise ConfigError(
-                f"output_dir {self.path.parent} is in use by another run ({holder}); wait for it to end "
-                f"or choose another output_dir"
+                f"{self.subject} is in use by another run ({holder}); wait for it to end or {self.advice}"
             ) from None
         previous = _read_holder(fd)
         if previous != "unknown":

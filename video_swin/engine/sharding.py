@@ -33,18 +33,36 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-)
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 from ..errors import ConfigError, ResumeError
 from ..models import SwinBlock
 
 GROUPS_FILE = "optimizer_groups.json"
+# FSDP2 (fully_shard, MixedPrecisionPolicy) is public in torch.distributed.fsdp from this torch on. Its
+# names are imported where used, not with this module: the trainer imports it for every run, and a run
+# without fsdp must start on an older torch (pyproject.toml's floor) too.
+FSDP2_TORCH = "2.6"
+
+
+def _fsdp2() -> tuple[Any, Any]:
+    """FSDP2's ``(MixedPrecisionPolicy, fully_shard)``; ConfigError naming the torch needed where this one lacks them."""
+    try:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # here, not above: see FSDP2_TORCH
+    except ImportError:
+        raise ConfigError(
+            f"train.distributed: fsdp needs torch >= {FSDP2_TORCH} (FSDP2's fully_shard in torch.distributed.fsdp); "
+            f"this is torch {torch.__version__}: upgrade torch, or use train.distributed: ddp"
+        ) from None
+    return MixedPrecisionPolicy, fully_shard
+
+
+def _dtensor() -> type | None:
+    """``DTensor``, or None on a torch without the public class (where nothing can have been sharded)."""
+    try:
+        from torch.distributed.tensor import DTensor  # where used: see FSDP2_TORCH
+    except ImportError:
+        return None
+    return DTensor
 
 
 def _model_file(folder: Path, rank: int) -> Path:
@@ -76,10 +94,13 @@ def shard_model(model: nn.Module, device: torch.device, world_size: int, mixed_p
         ConfigError: the processes form no process group (a launch of one process).
     """
     check_can_shard()
+    mixed_precision_policy, fully_shard = _fsdp2()
+    from torch.distributed.device_mesh import init_device_mesh  # with FSDP2's names: see FSDP2_TORCH
+
     mesh = init_device_mesh(device.type, (world_size,))
-    policy = MixedPrecisionPolicy()
+    policy = mixed_precision_policy()
     if mixed_precision == "bf16":
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        policy = mixed_precision_policy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for module in model.modules():
         if isinstance(module, SwinBlock):
             fully_shard(module, mesh=mesh, mp_policy=policy)
@@ -88,7 +109,8 @@ def shard_model(model: nn.Module, device: torch.device, world_size: int, mixed_p
 
 
 def check_can_shard() -> None:
-    """Raises ConfigError unless this process belongs to a process group that FSDP can shard over."""
+    """Raises ConfigError unless this torch has FSDP2 and this process belongs to a process group it can shard over."""
+    _fsdp2()
     if not torch.distributed.is_initialized():
         raise ConfigError(
             "train.distributed: fsdp shards the model over the processes of a distributed launch "
@@ -98,6 +120,8 @@ def check_can_shard() -> None:
 
 def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The whole weights of a sharded model on the CPU of process 0 (empty elsewhere); every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # see FSDP2_TORCH
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options)
 
@@ -143,6 +167,7 @@ def load_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path
         for name, p in params.items():
             _local(p).copy_(_checked(weights[name], _local(p), files[0], name))
     index = {name: i for i, name in enumerate(params)}
+    dtensor = _dtensor()
     state: dict[int, dict[str, Any]] = {}
     for key, value in states.items():
         name, _, field = key.rpartition("/")
@@ -152,8 +177,8 @@ def load_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path
             continue
         local = _checked(value, _local(p), files[1], key)
         state.setdefault(index[name], {})[field] = (
-            DTensor.from_local(local, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
-            if isinstance(p, DTensor) else local
+            dtensor.from_local(local, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+            if dtensor is not None and isinstance(p, dtensor) else local
         )  # fmt: skip
     for group in groups:
         group["params"] = [index[name] for name in group["params"]]
@@ -161,7 +186,8 @@ def load_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path
 
 
 def _local(t: Tensor) -> Tensor:
-    return t.to_local() if isinstance(t, DTensor) else t
+    dtensor = _dtensor()
+    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
 
 
 def _checked(saved: Tensor, target: Tensor, path: Path, name: str) -> Tensor:

@@ -51,6 +51,37 @@ def gather_bias(table: Tensor, index: Tensor) -> Tensor:
     return table.t().index_select(1, index.reshape(-1)).view(-1, n, n)  # (nH, N, N)
 
 
+def is_exporting() -> bool:
+    """Whether ``torch.export`` is tracing this call (``torch.compiler.is_exporting``; False on a torch without it, e.g. 2.4)."""
+    check = getattr(torch.compiler, "is_exporting", None)
+    return bool(check and check())
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor, dropout_p: float, scale: float | None) -> Tensor:
+    """``F.scaled_dot_product_attention`` with an additive mask; written out while exporting with gradients.
+
+    ``torch.export`` traces the attention of a model whose parameters require
+    grad (the mask then requires grad) through another kernel than the one
+    the ONNX exporter's decomposition assumes, and the head merge after it
+    fails ("Cannot view a tensor with shape ...", pytorch/pytorch#136543).
+    The same computation as matmuls and a softmax exports either way, as
+    torchvision's Swin does; eager calls, ``torch.compile`` and exports
+    without gradients keep the fused call.
+
+    Args:
+        q, k, v: Tensor[B, H, N, D].
+        attn_mask: additive mask broadcasting to Tensor[B, H, N, N].
+
+    Returns:
+        Tensor[B, H, N, D].
+    """
+    if is_exporting() and torch.is_grad_enabled() and (q.requires_grad or attn_mask.requires_grad):
+        logits = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1) + attn_mask
+        weights = F.dropout(logits.softmax(-1), dropout_p) if dropout_p else logits.softmax(-1)  # (B, H, N, N)
+        return weights @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows, with a relative-position bias.
 
@@ -159,7 +190,10 @@ class WindowAttention(nn.Module):
             # A bias table is indexed at its true offsets with the table's strides;
             # the continuous bias is evaluated on the window in use itself.
             table_window = self.window_size if self.position_bias_kind == "table" else window
-            self.index_cache[key] = relative_position_index(window, table_window).to(device)
+            index = relative_position_index(window, table_window).to(device)
+            if is_exporting():  # a traced tensor: part of the graph, never a module attribute
+                return index
+            self.index_cache[key] = index
         return self.index_cache[key]
 
     def _cpb_inputs(self, window: Size) -> Tensor:
@@ -168,7 +202,10 @@ class WindowAttention(nn.Module):
         device = self.relative_position_index.device
         key = (window, device)
         if key not in self.coords_cache:
-            self.coords_cache[key] = self._coords(window).to(device)
+            coords = self._coords(window).to(device)
+            if is_exporting():  # as in bias_index
+                return coords
+            self.coords_cache[key] = coords
         return self.coords_cache[key]
 
     def bias_table(self, window: Size) -> Tensor:
@@ -188,12 +225,31 @@ class WindowAttention(nn.Module):
         """Relative-position bias for a window in use: Tensor[nH, N, N]."""
         return gather_bias(self.bias_table(window), self.bias_index(window))  # (nH, N, N)
 
+    def qkv_bias(self) -> Tensor | None:
+        """The packed projection's bias: Tensor[3C] (or None), ``qkv.bias``, or V2's q and v biases with no key bias."""
+        if self.attention == "cosine" and self.q_bias is not None:
+            return torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))  # (3C,)
+        return self.qkv.bias
+
     def project_qkv(self, x: Tensor) -> Tensor:
         """The packed projection: Tensor[B*nW, N, C] -> Tensor[B*nW, N, 3C], q, k, v one after the other."""
-        if self.attention == "cosine" and self.q_bias is not None:
-            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))  # (3C,)
-            return F.linear(x, self.qkv.weight, bias)
-        return self.qkv(x)
+        bias = self.qkv_bias()
+        return self.qkv(x) if bias is self.qkv.bias else F.linear(x, self.qkv.weight, bias)
+
+    def qk_as_projected(self) -> bool:
+        """Whether :meth:`scaled_qk` leaves q and k as projected (dot attention, scale 1 / sqrt(Dh))."""
+        return self.attention != "cosine"
+
+    def scaled_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float | None]:
+        """``(q, k, scale)`` whose ``q k^T * scale`` are the attention logits; q, k Tensor[..., nH, N, Dh].
+
+        Dot attention: q and k as projected, scale None (1 / sqrt(Dh)). Cosine
+        attention: cos(q, k) * temperature, the temperature going into q so
+        that scale 1 gives exactly these logits.
+        """
+        if self.qk_as_projected():
+            return q, k, None
+        return F.normalize(q, dim=-1) * self.temperature(), F.normalize(k, dim=-1), 1.0
 
     def temperature(self) -> Tensor:
         """Cosine attention's per-head logit scale, ``min(exp(logit_scale), 100)``: Tensor[nH, 1, 1]."""
@@ -212,19 +268,11 @@ class WindowAttention(nn.Module):
         """
         qkv = self.project_qkv(x)  # (B*nW, N, 3C)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)  # (B*nW, nH, N, Dh)
-        scale = None  # 1 / sqrt(Dh)
-        if self.attention == "cosine":
-            # cos(q, k) * temperature: the temperature goes into q, so that
-            # attention with scale 1 computes exactly these logits.
-            q = F.normalize(q, dim=-1) * self.temperature()
-            k = F.normalize(k, dim=-1)
-            scale = 1.0
+        q, k, scale = self.scaled_qk(q, k)
         bias = self.position_bias(window)  # (nH, N, N)
         dropout_p = self.attn_drop if self.training else 0.0
         if mask is None:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), dropout_p=dropout_p, scale=scale
-            )  # (B*nW, nH, N, Dh)
+            out = attend(q, k, v, bias.unsqueeze(0).to(q.dtype), dropout_p, scale)  # (B*nW, nH, N, Dh)
         else:
             # Bias and shift mask as one additive mask. The windows of a sample
             # are folded into the head axis, so that one (1, nW*nH, N, N) mask
@@ -232,9 +280,7 @@ class WindowAttention(nn.Module):
             nw = mask.shape[0]
             attn_mask = rearrange(mask.unsqueeze(1) + bias, "w h n m -> 1 (w h) n m")  # (1, nW*nH, N, N)
             q, k, v = (rearrange(t, "(b w) h n d -> b (w h) n d", w=nw) for t in (q, k, v))  # (B, nW*nH, N, Dh)
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p, scale=scale
-            )  # (B, nW*nH, N, Dh)
+            out = attend(q, k, v, attn_mask.to(q.dtype), dropout_p, scale)  # (B, nW*nH, N, Dh)
             out = rearrange(out, "b (w h) n d -> (b w) h n d", w=nw)  # (B*nW, nH, N, Dh)
         out = rearrange(out, "b h n d -> b n (h d)")  # (B*nW, N, C)
         return self.proj_drop(self.proj(out))

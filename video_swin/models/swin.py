@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import WindowAttention, check_choice
+from .attention import WindowAttention, check_choice, is_exporting
 from .windows import (
     Size,
     fit_window,
@@ -142,6 +142,11 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))  # (B, *S, H/2, W/2, 2C)
 
 
+def _same(x: Tensor) -> Tensor:
+    """The identity: the norm of a branch on the side where it has none."""
+    return x
+
+
 class SwinBlock(nn.Module):
     """Swin block: (shifted) window attention and an MLP, each a residual branch.
 
@@ -227,15 +232,35 @@ class SwinBlock(nn.Module):
         """
         if not self.shifted:
             shift, mask = (0,) * len(window), None
-        x = x + self.drop_path(self.branch(self.shifted_window_attention, self.norm1, x, window, shift, mask))
-        x = x + self.drop_path(self.branch(self.mlp, self.norm2, x))
+        x = self.attention_residual(x, window, shift, mask)
+        x = self.mlp_residual(x)
         return self.norm3(x)
+
+    # The pieces below are the model's meaning, written once; the CPU fast paths
+    # (models/kernels/block.py) override some of them with faster ways to compute the same.
+
+    def attention_residual(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
+        """``x`` plus its (stochastic-depth) window-attention branch."""
+        return x + self.drop_path(self.branch(self.shifted_window_attention, self.norm1, x, window, shift, mask))
+
+    def mlp_residual(self, x: Tensor) -> Tensor:
+        """``x`` plus its (stochastic-depth) MLP branch."""
+        return x + self.drop_path(self.mlp_branch(x))
+
+    def mlp_branch(self, x: Tensor) -> Tensor:
+        """The MLP branch without its residual."""
+        return self.branch(self.mlp, self.norm2, x)
+
+    def norms_around(self, norm: nn.Module) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        """Where a branch's norm goes: ``(before, after)`` the branch's function, the other one the identity."""
+        if self.post_norm:
+            return _same, norm  # res-post-norm (V2): norm(f(x))
+        return norm, _same  # pre-norm (V1): f(norm(x))
 
     def branch(self, f: Callable[..., Tensor], norm: nn.Module, x: Tensor, *args: Any) -> Tensor:
         """A residual branch without its residual: ``f(norm(x))`` (pre-norm) or ``norm(f(x))`` (post-norm)."""
-        if self.post_norm:
-            return norm(f(x, *args))
-        return f(norm(x), *args)
+        before, after = self.norms_around(norm)
+        return after(f(before(x), *args))
 
     def shifted_window_attention(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
         """Attention within (cyclically shifted) windows of the map: Tensor[B, *S, C] -> Tensor[B, *S, C].
@@ -308,6 +333,8 @@ class SwinStage(nn.Module):
         key = (padded, window, shift, device)
         mask = self.mask_cache.get(key)
         if mask is None:
+            if is_exporting():  # a traced tensor: part of the graph, never a module attribute
+                return shift_mask(padded, window, shift, device)
             if len(self.mask_cache) >= 8:  # bounded: many input sizes must not grow memory
                 self.mask_cache.pop(next(iter(self.mask_cache)))
             mask = self.mask_cache[key] = shift_mask(padded, window, shift, device)

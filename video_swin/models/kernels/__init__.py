@@ -18,6 +18,9 @@ these paths where they apply and the reference computation elsewhere:
 * :mod:`.partition`: cyclic shift + window partition as one gather.
 * :mod:`.inference`: inference a few windows at a time.
 * :mod:`.block`: the block that puts them together.
+* :mod:`.checks`: the private ATen/oneDNN ops these paths call, checked once
+  per process on a tiny input; a path whose op is missing or differs is off
+  (one warning) and the reference runs in its place.
 
 They apply to CPU tensors in float32 (the attention also under CPU bf16
 autocast, in bfloat16) and fall back to the reference ops otherwise (GPUs,

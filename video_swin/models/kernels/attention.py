@@ -21,11 +21,11 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..attention import WindowAttention, gather_bias
 from ..windows import Size
+from .checks import usable
 from .linear import linear, linear_backward, mm, use_onednn
 from .switches import FLASH_CPU, RECOMPUTE_FROM_BYTES, cpu_compute_dtype, enabled, machine_choice, recompute_here
 
@@ -186,7 +186,7 @@ class _WindowAttention(torch.autograd.Function):
 
 def fused_dtype(*tensors: Tensor | None, dropout_p: float = 0.0) -> torch.dtype | None:
     """The dtype :func:`window_attention` computes in for these inputs; None where it does not apply."""
-    if not (enabled("attention") and FLASH_CPU and dropout_p == 0.0):
+    if not (enabled("attention") and FLASH_CPU and dropout_p == 0.0 and usable("attention")):
         return None
     return cpu_compute_dtype(*tensors)
 
@@ -251,11 +251,11 @@ class FastWindowAttention(WindowAttention):
     recompute_qkv: bool = True
     recompute_from: int = RECOMPUTE_FROM_BYTES
 
+    # Only the pieces it computes faster: WindowAttention (attention.py) says what the projection,
+    # the q/k normalisation and the biases are.
+
     def project_qkv(self, x: Tensor) -> Tensor:
-        if self.attention == "cosine" and self.q_bias is not None:
-            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))  # (3C,)
-            return linear(x, self.qkv.weight, bias)
-        return self.qkv(x)
+        return linear(x, self.qkv.weight, self.qkv_bias())
 
     def forward(self, x: Tensor, window: Size, mask: Tensor | None = None) -> Tensor:
         table = self.relative_position_bias_table if self.position_bias_kind == "table" else self.cpb_mlp[0].weight
@@ -263,19 +263,18 @@ class FastWindowAttention(WindowAttention):
         if fused_dtype(x, self.qkv.weight, self.qkv.bias, table, dropout_p=dropout_p) is None:
             return super().forward(x, window, mask)
         table, index = self.bias_table(window), self.bias_index(window)  # (rows, nH), (N, N)
-        if self.attention == "dot":
-            # The projection goes into the kernel, which can then keep the
-            # tokens (C) for backward instead of the projection (3C).
+        if self.qk_as_projected():
+            # Dot attention: the projection goes into the kernel,
+            # which can then keep the tokens (C) for backward instead of the projection (3C).
             out = window_attention(
-                x, self.num_heads, table, index, mask, qkv_weight=self.qkv.weight, qkv_bias=self.qkv.bias,
+                x, self.num_heads, table, index, mask, qkv_weight=self.qkv.weight, qkv_bias=self.qkv_bias(),
                 recompute_qkv=recompute_here(self.recompute_qkv, x, self.recompute_from),
             )  # (B*nW, N, C)
             return self.proj_drop(self.proj(out))
-        bw, n, c = x.shape
-        qkv = self.project_qkv(x)  # (B*nW, N, 3C)
-        q, k, v = qkv.view(bw, n, 3, self.num_heads, self.head_dim).unbind(2)  # 3 x (B*nW, N, nH, Dh)
-        q = F.normalize(q, dim=-1) * self.temperature().view(self.num_heads, 1)
-        k = F.normalize(k, dim=-1)
-        qkv = torch.stack((q, k, v), dim=2).view(bw, n, 3 * c)  # (B*nW, N, 3C)
-        out = window_attention(qkv, self.num_heads, table, index, mask, scale=1.0)  # (B*nW, N, C)
+        bw, n, _ = x.shape
+        qkv = self.project_qkv(x).view(bw, n, 3, self.num_heads, self.head_dim)  # (B*nW, N, 3, nH, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B*nW, nH, N, Dh)
+        q, k, scale = self.scaled_qk(q, k)
+        qkv = torch.stack((q, k, v)).permute(1, 3, 0, 2, 4).reshape(bw, n, -1)  # (B*nW, N, 3C)
+        out = window_attention(qkv, self.num_heads, table, index, mask, scale=scale)  # (B*nW, N, C)
         return self.proj_drop(self.proj(out))

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..swin import SwinBlock
 from ..windows import Size, pad_to_window, padded_size, unpad
+from .checks import usable
 from .inference import use_inference_chunks, windowed_residual
 from .mlp import recomputed_mlp
 from .partition import reorder_tokens, window_order
@@ -19,6 +20,11 @@ ORDER_CACHE_SIZE = 8  # (size, window, shift, device) entries per block: many in
 
 class FastSwinBlock(SwinBlock):
     """:class:`SwinBlock` (same parameters, same outputs) with the CPU fast paths of this package.
+
+    It overrides only the pieces of :class:`SwinBlock` it computes faster
+    (``shifted_window_attention``, ``attention_residual``, ``mlp_residual``,
+    ``mlp_branch``) and takes the norm placement (``norms_around``) and the
+    order of the residual branches from it:
 
     * the cyclic shift and window partition (and back) as one gather each
       (:func:`.partition.reorder_tokens`), the token orders kept per (padded
@@ -42,18 +48,22 @@ class FastSwinBlock(SwinBlock):
     recompute_from: int = RECOMPUTE_FROM_BYTES
     order_cache: dict[tuple, tuple[Tensor, Tensor]]
 
-    def forward(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
-        if not self.shifted:
-            shift, mask = (0,) * len(window), None
+    # Only the pieces it computes faster: SwinBlock (swin.py) says what a block computes.
+
+    def _inference(self, x: Tensor) -> bool:
+        """CPU inference in chunks: grad disabled, switch on, and no stochastic depth to apply."""
+        return use_inference_chunks(x) and (not self.training or self.drop_path.p == 0.0)
+
+    def attention_residual(self, x: Tensor, window: Size, shift: Size, mask: Tensor | None) -> Tensor:
         size = tuple(x.shape[1:-1])
-        inference = use_inference_chunks(x) and (not self.training or self.drop_path.p == 0.0)
-        if inference and padded_size(size, window) == size:
-            x = self._attention_residual_in_chunks(x, window, shift, mask)
-        else:
-            x = x + self.drop_path(self.branch(self.shifted_window_attention, self.norm1, x, window, shift, mask))
-        if inference:  # the branch's output is a fresh tensor: add the residual in place
-            return self.norm3(self._mlp_branch(x).add_(x))
-        return self.norm3(x + self.drop_path(self._mlp_branch(x)))  # norm3: the main-branch norm, or Identity
+        if self._inference(x) and padded_size(size, window) == size:
+            return self._attention_residual_in_chunks(x, window, shift, mask)
+        return super().attention_residual(x, window, shift, mask)
+
+    def mlp_residual(self, x: Tensor) -> Tensor:
+        if self._inference(x):  # the branch's output is a fresh tensor: the residual goes in place
+            return self.mlp_branch(x).add_(x)
+        return super().mlp_residual(x)
 
     def _order(self, padded: Size, window: Size, shift: Size, device: torch.device) -> tuple[Tensor, Tensor]:
         key = (padded, window, shift, device)
@@ -85,23 +95,20 @@ class FastSwinBlock(SwinBlock):
         out = windowed_residual(x.reshape(b, -1, c), order, math.prod(window), branch)  # (B, L, C)
         return out.view(b, *size, c)
 
-    def _mlp_branch(self, x: Tensor) -> Tensor:
-        """``branch(mlp, norm2, x)``, through the recomputing kernel where it applies."""
+    def mlp_branch(self, x: Tensor) -> Tensor:
+        """The MLP branch through the recomputing kernel where it applies, the kernel taking a norm before it."""
         mlp = self.mlp
         grad = torch.is_grad_enabled()
         kernel = (
-            (grad or use_inference_chunks(x))
+            usable("mlp")
+            and (grad or use_inference_chunks(x))
             and (mlp.drop.p == 0.0 or not self.training)
             and mlp.act.approximate == "none"
         )
         if not kernel:
-            return self.branch(mlp, self.norm2, x)
+            return super().mlp_branch(x)
         keep = grad and not recompute_here(self.recompute_mlp, x, self.recompute_from)
-        if self.post_norm:
-            return self.norm2(
-                recomputed_mlp(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, keep_hidden=keep)
-            )
-        norm = self.norm2
-        return recomputed_mlp(
-            x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, norm.weight, norm.bias, norm.eps, keep
-        )
+        before, after = self.norms_around(self.norm2)
+        # A norm before the MLP goes into the kernel (LayerNorm weight, bias, eps); one after it runs as it is.
+        norm = (before.weight, before.bias, before.eps) if before is self.norm2 else (None, None, 1e-5)
+        return after(recomputed_mlp(x, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias, *norm, keep))

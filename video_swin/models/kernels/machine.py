@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import chunked_forward, flash_forward
+from .checks import usable
 from .switches import FLASH_CPU, ONEDNN_LINEAR
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ def measure(reps: int = 5) -> CpuProfile:
     gen = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(s, generator=gen) for s in ((m, k), (n, k), (n,)))
     aten = lambda: F.linear(x, w, b)  # noqa: E731
-    onednn = (lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")) if ONEDNN_LINEAR else aten  # noqa: E731
+    has_onednn, has_flash = ONEDNN_LINEAR and usable("linear"), FLASH_CPU and usable("attention")
+    onednn = (lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")) if has_onednn else aten  # noqa: E731
     t = _interleaved({"aten": aten, "onednn": onednn}, reps)  # in turns: a busy neighbour slows both alike
     a, o = t["aten"], t["onednn"]
     flops = 2 * m * k * n
@@ -139,11 +141,11 @@ def measure(reps: int = 5) -> CpuProfile:
     dw = _interleaved({
         "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x.t(), g.t(), None, "none", [], "").t(),
         "aten": lambda: torch.mm(g.t(), x),
-    }, reps) if ONEDNN_LINEAR else {"onednn": 1.0, "aten": 1.0}  # fmt: skip
+    }, reps) if has_onednn else {"onednn": 1.0, "aten": 1.0}  # fmt: skip
     gelu = _interleaved({
         "fused": lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none"),
         "separate": lambda: torch.ops.aten.gelu_(torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")),
-    }, reps) if ONEDNN_LINEAR else {"fused": 1.0, "separate": 1.0}  # fmt: skip
+    }, reps) if has_onednn and usable("fc1_gelu_fused") else {"fused": 1.0, "separate": 1.0}  # fmt: skip
     mb, kb, nb = _BF16_SHAPE
     xb, wb = torch.randn(mb, kb, generator=gen).bfloat16(), torch.randn(nb, kb, generator=gen).bfloat16()
     bf16 = lambda: F.linear(xb, wb)  # noqa: E731
@@ -154,7 +156,7 @@ def measure(reps: int = 5) -> CpuProfile:
     attention = _interleaved({
         "chunked": lambda: chunked_forward(qkv, bias, None, 3, 0.17, 2),
         "flash": lambda: flash_forward(qkv, bias, None, 3, 0.17, 2),
-    }, 3) if FLASH_CPU else {"chunked": 1.0, "flash": 1.0}  # fmt: skip
+    }, 3) if has_flash else {"chunked": 1.0, "flash": 1.0}  # fmt: skip
     choice = choose_linear(a, o, os.environ.get("VIDEO_SWIN_CPU_LINEAR", ""))
     flags = _flags()
     return CpuProfile(
@@ -191,7 +193,7 @@ def keep_unless_faster(default: str, default_s: float, other: str, other_s: floa
 def choose_linear(aten_s: float, onednn_s: float, forced: str = "") -> str:
     """"onednn" unless ATen took at least 5% less time (or ``forced`` names one); "aten" without oneDNN."""
     forced = forced.strip().lower()
-    if not ONEDNN_LINEAR:
+    if not (ONEDNN_LINEAR and usable("linear")):
         return "aten"
     if forced in ("onednn", "aten"):
         return forced

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .checks import usable
 from .linear import linear_backward, mm, use_onednn
-from .switches import machine_choice
+from .switches import autocast_dtype, machine_choice
 
 # Rows of the MLP branch processed at a time on CPU: the (rows, hidden) layer
 # of a chunk is this many bytes. Chunks well under glibc's 32 MiB mmap limit
@@ -31,7 +32,7 @@ def _fc1_gelu(y: Tensor, w1: Tensor, b1: Tensor | None, onednn: bool) -> Tensor:
     whichever :mod:`.machine` measured faster (on AMD EPYC Zen 3 the fused op is ~1.2x slower)."""
     if not onednn:
         return F.gelu(F.linear(y, w1, b1))
-    if machine_choice("fc1_gelu") == "fused":
+    if machine_choice("fc1_gelu") == "fused" and usable("fc1_gelu_fused"):
         return torch.ops.mkldnn._linear_pointwise(y, w1, b1, "gelu", [], "none")
     return torch.ops.aten.gelu_(mm(y, w1, b1, True))
 
@@ -152,8 +153,8 @@ def recomputed_mlp(
         norm in ``x``'s), as they would on their own.
     """
     device = x.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
+    dtype = autocast_dtype(device)
+    if dtype is not None:
         w1, b1, w2, b2 = (None if t is None else t.to(dtype) for t in (w1, b1, w2, b2))
     with torch.autocast(device, enabled=False):
         return _RecomputedMlp.apply(x, norm_weight, norm_bias, eps, w1, b1, w2, b2, keep_hidden)

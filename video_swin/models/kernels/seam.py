@@ -10,6 +10,7 @@ from ..attention import WindowAttention
 from ..swin import Mlp, PatchMerging, SwinBlock
 from .attention import FastWindowAttention
 from .block import FastSwinBlock
+from .checks import check_ops
 from .linear import FastLinear
 from .machine import cpu_profile
 from .switches import RECOMPUTE_FROM_BYTES, set_machine_choices
@@ -77,6 +78,7 @@ def accelerate_cpu(
     """
     if not enabled:
         return reference(model)
+    check_ops()  # the private ops each fast path calls, once per process; a path that fails is off (checks.py)
     set_machine_choices(**cpu_profile().choices())  # measured once per machine (machine.py)
     for module in model.modules():
         for linear in _linears(module):

@@ -13,9 +13,13 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from .checks import usable
+
 _ENABLED = {"attention": True, "linear": True, "inference_chunks": True}
 
-# Checked once: probing torch.ops inside a forward would break torch.compile's graphs.
+# Whether the private ops are there at all, looked up once at import: probing torch.ops inside a forward
+# would break torch.compile's graphs. Whether they also give the reference results is checked once per
+# process before first use (checks.py, usable()).
 ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 FLASH_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 
@@ -70,8 +74,8 @@ def set_linear_backend(name: str) -> None:
 
 
 def linear_backend() -> str:
-    """The float32 linear backend in use: "onednn" or "aten"."""
-    return _CHOICES["linear"] if ONEDNN_LINEAR else "aten"
+    """The float32 linear backend in use: "onednn" or "aten" (also where oneDNN's op failed its check)."""
+    return _CHOICES["linear"] if ONEDNN_LINEAR and usable("linear") else "aten"
 
 
 def set_fast_paths(**enabled: bool) -> dict[str, bool]:
@@ -99,6 +103,20 @@ def enabled(name: str) -> bool:
     return _ENABLED[name]
 
 
+# torch >= 2.4 asks autocast by device type (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype);
+# older releases have a pair of functions per device. Looked up once, not in every forward.
+_AUTOCAST_BY_DEVICE = hasattr(torch, "get_autocast_dtype")
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device_type`` ("cpu", "cuda", ...); None where it is off there."""
+    if _AUTOCAST_BY_DEVICE:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if device_type == "cpu":  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
 def cpu_compute_dtype(*tensors: Tensor | None) -> torch.dtype | None:
     """The dtype a CPU fast path computes in: float32, or bfloat16 under CPU bf16 autocast; None: no fast path.
 
@@ -107,8 +125,9 @@ def cpu_compute_dtype(*tensors: Tensor | None) -> torch.dtype | None:
     """
     if torch.compiler.is_compiling() or not all(t.device.type == "cpu" for t in tensors if t is not None):
         return None
-    if torch.is_autocast_enabled("cpu"):
-        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+    autocast = autocast_dtype("cpu")
+    if autocast is not None:
+        return torch.bfloat16 if autocast == torch.bfloat16 else None
     return torch.float32 if all(t.dtype == torch.float32 for t in tensors if t is not None) else None
 
 
