@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 # Lowest first. A part is a subpackage or a top-level module of video_swin; "video_swin" is the package's
 # own __init__ (the public facade: video_swin.create_model etc., resolved on first use).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "_version"),  # the package's exceptions and its version: import nothing of the package
+    ("errors", "_version", "outputs"),  # exceptions, version, output-destination checks: torch-free, no layer above
     ("models",),  # the Swin core and presets: torch, einops and its own files
     ("checkpoints",),  # state dicts in and out (our format, official/timm/torchvision layouts, inflation)
     ("pretrained", "hub"),  # published weights by name (catalog, download); Hugging Face Hub folders
