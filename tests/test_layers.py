@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("checkpoints",),  # state dicts in and out (our format, official/timm/torchvision layouts, inflation)
     ("pretrained", "hub"),  # published weights by name (catalog, download); Hugging Face Hub folders
     ("factory",),  # create_model(name, pretrained=...), load_model, from_pretrained, the Hub methods
-    ("config",),  # the typed config: checks model and weight names against the layers above
+    ("config",),  # the typed config: checks model and weight names against models and pretrained (on use)
     ("data", "engine", "export"),  # datasets and decoders; training, evaluation, prediction; export
     ("cli", PACKAGE),  # the command, and the package facade
 )
