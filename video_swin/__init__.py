@@ -1,34 +1,37 @@
 """video-swin: Video Swin Transformer for action recognition.
 
-``create_model``, ``list_models``, ``list_pretrained`` and ``from_pretrained`` are resolved on
-first use, so that importing the package (``video-swin --help``, config checks) does not import
-torch.
+``create_model``, ``list_models``, ``list_pretrained``, ``from_pretrained`` and ``load_model`` are
+resolved on first use, so that importing the package (``video-swin --help``, config checks) does not
+import torch. The models come from :mod:`video_swin.factory`; docs/ARCHITECTURE.md ("Layering, one
+way") says which module may import which, and tests/test_layers.py checks it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["__version__", "create_model", "from_pretrained", "list_models", "list_pretrained"]
+from ._version import __version__
+
+__all__ = ["__version__", "create_model", "from_pretrained", "list_models", "list_pretrained", "load_model"]
 
 if TYPE_CHECKING:
-    from .hub import from_pretrained
-    from .models import create_model, list_models
+    from .factory import create_model, from_pretrained, load_model
+    from .models import list_models
     from .pretrained import list_pretrained
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("create_model", "list_models"):
-        from . import models
+    # Imported on first use (torch comes with them): see the module's docstring.
+    if name in ("create_model", "from_pretrained", "load_model"):
+        from . import factory
 
-        return getattr(models, name)
+        return getattr(factory, name)
+    if name == "list_models":
+        from .models import list_models
+
+        return list_models
     if name == "list_pretrained":
         from .pretrained import list_pretrained
 
         return list_pretrained
-    if name == "from_pretrained":
-        from .hub import from_pretrained
-
-        return from_pretrained
     raise AttributeError(f"module 'video_swin' has no attribute {name!r}")

@@ -536,7 +536,7 @@ def check_paths(cfg: Config, *, evaluation: bool = False) -> None:
 
 def _is_weights_name(key: str, value: str) -> bool:
     """True for a published-weights name (``swin_t.in1k``) in a pretrained key: fetched when the model is built."""
-    from .pretrained import is_pretrained_name  # torch-free
+    from .pretrained import is_pretrained_name  # on use: the catalog and urllib stay out of `video-swin --help`
 
     return key.startswith("model.pretrained_") and is_pretrained_name(value)
 

@@ -48,9 +48,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoints import load_checkpoint, load_model
+from .checkpoints.io import read_sidecar
 from .errors import CheckpointError
-from .outputs import check_file_destination
+from .factory import create_model
 from .models.kernels import reference
+from .outputs import check_file_destination
+from .pretrained import get_pretrained, is_pretrained_name
 
 FORMATS = ("onnx", "pt2")
 # At least 17, the first opset with LayerNormalization as one operator.
@@ -173,11 +177,6 @@ def load_for_export(weights: str | os.PathLike, model_name: str | None = None,
     Raises:
         CheckpointError: a file that is missing, unreadable or incomplete for the model.
     """
-    from .checkpoints import load_checkpoint, load_model
-    from .checkpoints.io import read_sidecar
-    from .models import create_model
-    from .pretrained import get_pretrained, is_pretrained_name
-
     if is_pretrained_name(str(weights)) and not Path(weights).exists():
         entry = get_pretrained(str(weights))
         model = create_model(entry.model, pretrained=entry.name)

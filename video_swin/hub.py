@@ -1,4 +1,4 @@
-"""The Hugging Face Hub: ``model.save_pretrained``, ``video_swin.from_pretrained``, ``model.push_to_hub``.
+"""The Hugging Face Hub: what ``model.save_pretrained``, ``video_swin.from_pretrained`` and ``model.push_to_hub`` do.
 
 A saved model is a folder (or a Hub repository) of three files:
 
@@ -11,8 +11,12 @@ A saved model is a folder (or a Hub repository) of three files:
 
 Downloads, the Hub cache, tokens and uploads are huggingface_hub's
 (``hf_hub_download``, ``HfApi.upload_folder``); this module only decides what
-goes into the folder and rebuilds the model from it. ``HF_HUB_OFFLINE=1`` (or
-``VIDEO_SWIN_OFFLINE=1``) reads repositories from the local Hub cache only.
+goes into the folder, and reads and checks a saved one (:func:`read_saved`,
+:func:`load_saved`). The factory (:mod:`video_swin.factory`) composes them into
+``video_swin.from_pretrained`` and the model's Hub methods; this module sits below
+it, over :mod:`video_swin.models` and :mod:`video_swin.checkpoints`.
+``HF_HUB_OFFLINE=1`` (or ``VIDEO_SWIN_OFFLINE=1``) reads repositories from the
+local Hub cache only.
 """
 
 from __future__ import annotations
@@ -24,14 +28,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
 )
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
 
+from . import models
+from .checkpoints import load_model
+from .checkpoints.loading import _depths
 from .errors import CheckpointError, ConfigError
+from .models.registry import model_config
 from .pretrained import offline
 
 CONFIG_NAME = "config.json"
@@ -73,8 +85,6 @@ def save_pretrained(
     Returns:
         The folder.
     """
-    from safetensors.torch import save_file
-
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     config = hub_config(model, classes, eval)
@@ -131,15 +141,15 @@ def _download(repo_id: str, revision: str | None, cache_dir: str | os.PathLike |
     return files[0], files[1]
 
 
-def from_pretrained(
+def read_saved(
     source: str | os.PathLike,
     *,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
     **overrides: Any,
-) -> Any:
-    """The model saved by :func:`save_pretrained`, from a folder or a Hub repository id.
+) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """A saved model's ``config.json`` and weights file, from a folder or a Hub repository, checked together.
 
     Args:
         source: a local folder, or ``"owner/name"`` on the Hub (downloaded
@@ -148,10 +158,11 @@ def from_pretrained(
         **overrides: constructor arguments to change (e.g. ``drop_path_rate``).
 
     Returns:
-        The model in eval mode, ``model.classes`` set (or None) and
-        ``model.hub_config`` holding the whole ``config.json``.
+        ``(config, arguments, weights file)``: the whole ``config.json``, the
+        preset's arguments (``model_args`` with the overrides) and the
+        ``model.safetensors`` to give :func:`load_saved`.
 
-    ``config.json`` is checked against the weights' header before the model is
+    ``config.json`` is checked against the weights' header before any model is
     built (:func:`check_config`): a malformed file, a field of the wrong type,
     a class list of another length than the head, or sizes the tensors do not
     have (a huge ``embed_dim`` included) fail before any memory is allocated.
@@ -161,10 +172,6 @@ def from_pretrained(
             a config.json that is malformed or does not fit the weights (naming
             the file and the field).
     """
-    from safetensors.torch import load_file
-
-    from .models import create_model
-
     path = Path(source).expanduser()
     if path.is_dir():
         config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
@@ -178,14 +185,23 @@ def from_pretrained(
     config = read_config(config_file)
     args = {**config["model_args"], **overrides}
     check_config(config, args, config_file, weights_file, overridden=set(overrides))
-    model = create_model(config["model_name"], **args)
+    return config, args, weights_file
+
+
+def load_saved(model: nn.Module, config: Mapping[str, Any], weights_file: Path) -> nn.Module:
+    """Loads ``weights_file`` into ``model`` (built from ``config``'s preset and arguments), strictly.
+
+    Returns:
+        The model in eval mode, ``model.classes`` set (or None) and
+        ``model.hub_config`` holding the whole ``config.json``.
+    """
     try:
         model.load_state_dict(load_file(weights_file), strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{weights_file}: does not fit {config['model_name']} with the saved arguments: "
                               f"{str(e).splitlines()[0]}") from e
     model.classes = config.get("classes")
-    model.hub_config = config
+    model.hub_config = dict(config)
     return model.eval()
 
 
@@ -196,8 +212,6 @@ def read_config(config_file: Path) -> dict[str, Any]:
         CheckpointError: not JSON, not a video-swin config, or a field of the
             wrong type (named).
     """
-    from .models import list_models
-
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
@@ -210,7 +224,7 @@ def read_config(config_file: Path) -> dict[str, Any]:
     if config.get("format") != FORMAT:
         raise CheckpointError(f"{config_file}: not a video-swin config (format {config.get('format')!r})")
     name, args, classes = config.get("model_name"), config.get("model_args"), config.get("classes")
-    if not isinstance(name, str) or name not in list_models():
+    if not isinstance(name, str) or name not in models.list_models():
         raise CheckpointError(f"{config_file}: model_name {name!r} is not a video-swin preset "
                               f"(video_swin.list_models())")
     if not isinstance(args, dict):
@@ -225,8 +239,6 @@ def read_config(config_file: Path) -> dict[str, Any]:
 
 def _header_shapes(weights_file: Path) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in a safetensors file, read from its header (no tensor is loaded)."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(weights_file), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
@@ -246,12 +258,6 @@ def check_config(config: Mapping[str, Any], args: Mapping[str, Any], config_file
     Raises:
         CheckpointError: naming the file and the field that does not fit.
     """
-    import torch
-
-    from .checkpoints.loading import _depths
-    from .models import create_model
-    from .models.registry import model_config
-
     name = config["model_name"]
 
     def field(key: str) -> str:
@@ -297,7 +303,7 @@ def check_config(config: Mapping[str, Any], args: Mapping[str, Any], config_file
                               f"the class list does not fit the model")
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated
-            meta = create_model(name, **args)
+            meta = models.create_model(name, **args)
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{config_file}: model_args do not build a {name} ({e})") from None
     wanted = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
@@ -378,8 +384,6 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         ConfigError: ``out_dir`` is a file, or holds files of those names that
             no export wrote (nothing is written then).
     """
-    from .checkpoints import load_model
-
     _check_export_folder(Path(out_dir))
     run = Path(run_dir)
     weights = run / "model.safetensors"

@@ -12,10 +12,19 @@ or none. Torch-free: the command line calls these before importing the engine.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
+import logging
 import os
+import socket
+import time
 from pathlib import Path
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+LOCK_FILE = ".lock"
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -79,4 +88,75 @@ def temporary_beside(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-__all__ = ["check_file_destination", "check_folder_destination", "temporary_beside"]
+class RunLock:
+    """An exclusive, crash-safe lock on a run folder: :mod:`video_swin.engine.run_dir`'s docstring says how.
+
+    Use as a context manager, on the main process only.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, subject: str | None = None,
+                 advice: str = "choose another output_dir") -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self.subject = subject or f"output_dir {self.path.parent}"  # what the refusal names (prepare: its OUT)
+        self.advice = advice
+        self._fd: int | None = None
+        self.created = False  # whether acquire created the lock file
+
+    def acquire(self) -> None:
+        """Takes the lock or raises ConfigError naming the run that holds it (or why the folder cannot hold a run)."""
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"output_dir {folder} is a file, not a folder; choose a folder for the run")
+        self.created = not self.path.exists()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"output_dir {folder}: cannot write in it ({e.strerror}); choose a writable folder "
+                              f"for the run") from e
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise ConfigError(f"{self.subject}: cannot lock {self.path} ({e.strerror})") from e
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise ConfigError(
+                f"{self.subject} is in use by another run ({holder}); wait for it to end or {self.advice}"
+            ) from None
+        previous = _read_holder(fd)
+        if previous != "unknown":
+            log.info("took over %s from a run that is gone (%s)", self.path, previous)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)  # fmt: skip
+        self._fd = fd
+
+    def release(self, *, discard: bool = False) -> None:
+        """Releases the lock; with ``discard``, also removes the lock file if this lock created it
+        (a run refused before it started leaves nothing in a folder that is not its own)."""
+        if self._fd is not None:
+            if discard and self.created:
+                self.path.unlink(missing_ok=True)
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"null")
+        return f"host {info['host']}, pid {info['pid']}, since {info['since']}"
+    except (ValueError, TypeError, KeyError):
+        return "unknown"
+
+
+__all__ = ["LOCK_FILE", "RunLock", "check_file_destination", "check_folder_destination", "temporary_beside"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..models import create_model
 from .formats import describe, infer_window, resize_bias_table, to_canonical, variant_of
 from .io import (
     CheckpointError,
@@ -270,10 +271,16 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> tuple[nn.Module, di
         **overrides: model arguments to change (e.g. ``window_size``).
 
     Returns:
-        ``(model, metadata)`` with the sidecar's metadata (``classes`` etc.).
+        ``(model, metadata)`` with the sidecar's metadata (``classes`` etc.). The model is
+        :func:`video_swin.models.create_model`'s; :func:`video_swin.load_model` gives the same
+        with the Hub methods (``save_pretrained``, ``push_to_hub``).
     """
-    from ..models import create_model  # checkpoints knows models, not the reverse
+    return load_model_as(create_model, path, **overrides)
 
+
+def load_model_as(build: Callable[..., nn.Module], path: str | os.PathLike, **overrides: Any
+                  ) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_model` with the model built by ``build(name, **arguments)`` (the factory passes its own)."""
     meta = read_sidecar(path)
     if not meta or not isinstance(meta.get("model"), dict):
         raise CheckpointError(
@@ -283,7 +290,7 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> tuple[nn.Module, di
     config = {k: v for k, v in meta["model"].items() if k not in _LEGACY_MODEL_KEYS}
     config.update(overrides)
     name = config.pop("name")
-    model = create_model(name, **config)
+    model = build(name, **config)
     report = load_checkpoint(model, path)
     if report.missing:
         raise CheckpointError(f"{path}: incomplete checkpoint, missing {report.missing[:5]}")

@@ -71,6 +71,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import AnnotationError, ConfigError, DecodeError, TrainingError, first_line
+from ..outputs import RunLock
 from .annotations import read_annotations
 from .decoders import _check_file
 from .frame_index import FrameIndex, build_frame_index, get_frame_index, save_sidecar
@@ -441,8 +442,6 @@ def prepare(
             prepare holds OUT.
         PrepareStopped: the disk of OUT filled up (what is done stays done: run again with space).
     """
-    from ..engine.run_dir import RunLock  # noqa: PLC0415  (not imported by the workers)
-
     src, out = Path(src), Path(os.path.abspath(out))
     check_folders(src, out)
     if short_side < 2 or keyframe_interval < 1:

@@ -23,7 +23,7 @@ from ..data.collate import collate
 from ..data.shards import ShardDataset, ShardLoader, ShardSet
 from ..errors import CheckpointError, ConfigError, TrainingError  # noqa: F401  (re-exported)
 from ..models import create_model
-from ..models.kernels import accelerate_cpu
+from ..models.kernels import accelerate_cpu, machine  # machine's functions looked up when called (tests replace them)
 from ..pretrained import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -125,9 +125,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
     accelerator.print(f"torch threads: {threads} ({usable_cores()} cores, {cfg.data.num_workers} loader workers"
                       f"{', OMP_NUM_THREADS=' + omp if omp else ''})")
     if accelerator.device.type == "cpu" and cfg.train.mixed_precision == "bf16":
-        from ..models.kernels.machine import bf16_warning, cpu_profile  # noqa: PLC0415
-
-        warning = bf16_warning(cpu_profile())  # bf16 without bf16 hardware is emulated: slower
+        warning = machine.bf16_warning(machine.cpu_profile())  # bf16 without bf16 hardware is emulated: slower
         if warning and accelerator.is_main_process:
             log.warning(warning)
     launched = int(os.environ.get("WORLD_SIZE", "1"))

@@ -32,6 +32,8 @@ from ..data import clips_to_float
 from ..data.annotations import read_class_file, scan_videos
 from ..data.collate import collate
 from ..data.processes import worker_context
+from ..factory import create_model
+from ..models.kernels import machine  # its functions looked up when called (tests replace cpu_profile)
 from ..pretrained import PretrainedWeights, get_pretrained, is_pretrained_name
 from .build import (
     build_test_dataset,
@@ -143,8 +145,6 @@ def load_predictor(
     if isinstance(classes, (str, os.PathLike)):
         classes = read_class_file(classes)
     if is_pretrained_name(str(weights)) and not Path(weights).exists():
-        from ..models import create_model
-
         entry = get_pretrained(str(weights))
         model = create_model(entry.model, pretrained=entry.name)
         cfg = cfg or registry_config(entry)
@@ -346,9 +346,7 @@ def iter_predictions(
 def bf16_cpu_warning() -> str | None:
     """The warning for bf16 weights on a CPU that emulates bf16 (no AVX512-BF16/AMX), or None: the
     trainer's (:func:`~video_swin.models.kernels.machine.bf16_warning`), naming ``--precision fp32``."""
-    from ..models.kernels.machine import bf16_warning, cpu_profile
-
-    return bf16_warning(cpu_profile(), faster="--precision fp32")
+    return machine.bf16_warning(machine.cpu_profile(), faster="--precision fp32")
 
 
 def _warn_emulated_bf16() -> None:

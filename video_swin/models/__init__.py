@@ -1,6 +1,6 @@
 """Swin core (windows, attention, blocks, stages) and presets."""
 
-from .registry import PRESETS, create_model, list_models, model_config
+from .registry import PRESETS, build_model, create_model, list_models, model_config
 from .swin import PatchEmbed, PatchMerging, SwinBlock, SwinStage, SwinTransformer, num_params
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "SwinBlock",
     "SwinStage",
     "SwinTransformer",
+    "build_model",
     "create_model",
     "list_models",
     "model_config",

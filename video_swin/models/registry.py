@@ -1,9 +1,9 @@
-"""Model presets: ``create_model`` and ``list_models``."""
+"""Model presets: ``create_model`` (random weights) and ``list_models``."""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TypeVar
 
 from .swin import SwinTransformer
 
@@ -66,18 +66,15 @@ def model_config(name: str, num_classes: int = 400, **overrides: Any) -> dict[st
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
-def create_model(
-    name: str, num_classes: int | None = None, *, pretrained: str | bool | None = None, **overrides: Any
-) -> SwinTransformer:
-    """Builds a preset, with random weights unless ``pretrained`` names published ones.
+def create_model(name: str, num_classes: int | None = None, **overrides: Any) -> SwinTransformer:
+    """Builds a preset with random weights: the plain builder of this layer.
+
+    :func:`video_swin.create_model` (:mod:`video_swin.factory`) is the one users call: the same
+    model, plus published weights (``pretrained=``) and the Hugging Face Hub methods.
 
     Args:
         name: one of :func:`list_models`, e.g. ``"swin3d_t"``, ``"swin_t"`` or ``"swinv2_3d_t"``.
-        num_classes: outputs of the linear head (0: no head); default 400, or the
-            pretrained file's count (another count gets a fresh head).
-        pretrained: ``True`` (the preset's default weights), a tag (``"k400"``) or a
-            ``"MODEL.TAG"`` name from :func:`video_swin.list_pretrained`; downloaded to
-            the cache, checked and loaded (``model.classes`` then holds the class names).
+        num_classes: outputs of the linear head (0: no head); default 400.
         **overrides: any ``SwinTransformer`` argument, e.g. ``window_size=(16, 7, 7)``,
             ``drop_path_rate=0.2``, ``use_checkpoint=True``, or a Swin V2 option on
             its own: ``attention="cosine"``, ``position_bias="cpb"``, ``norm="post"``,
@@ -87,12 +84,18 @@ def create_model(
         The model; ``model.config`` holds the name and every argument, which
         checkpoints store so the model can be rebuilt from the file alone.
     """
-    if pretrained:
-        # Imported here: the weights registry sits above models (it loads through checkpoints).
-        from ..pretrained import create_pretrained
+    return build_model(SwinTransformer, name, num_classes, **overrides)
 
-        return create_pretrained(name, pretrained, num_classes, **overrides)
+
+M = TypeVar("M", bound=SwinTransformer)
+
+
+def build_model(model_class: type[M], name: str, num_classes: int | None = None, **overrides: Any) -> M:
+    """:func:`create_model` with ``model_class`` (``SwinTransformer`` or a subclass) in place of ``SwinTransformer``."""
+    if overrides.pop("pretrained", None):
+        raise ValueError(f"video_swin.models.create_model builds random weights; for published ones call "
+                         f"video_swin.create_model({name!r}, pretrained=...)")
     config = model_config(name, 400 if num_classes is None else num_classes, **overrides)
-    model = SwinTransformer(**config)
+    model = model_class(**config)
     model.config = {"name": name, **config}
     return model

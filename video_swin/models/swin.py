@@ -496,19 +496,6 @@ class SwinTransformer(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)
 
-    # -- Hugging Face Hub (video_swin/hub.py; imported on use, so models need no huggingface_hub) --
-    def save_pretrained(self, directory: str, **kwargs: Any) -> Any:
-        """Writes config.json, model.safetensors and a model card: :func:`video_swin.hub.save_pretrained`."""
-        from ..hub import save_pretrained
-
-        return save_pretrained(self, directory, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Uploads the :meth:`save_pretrained` folder to a Hub repository: :func:`video_swin.hub.push_to_hub`."""
-        from ..hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
-
     def check_input(self, x: Tensor) -> None:
         """Raises ValueError unless ``x`` is a float (B, C, T, H, W) clip or (B, C, H, W) image batch."""
         names = "(B, C, T, H, W)" if self.ndim == 3 else "(B, C, H, W)"

@@ -5,8 +5,10 @@ its publisher says about it; :mod:`.download` brings it into the cache
 (``VIDEO_SWIN_CACHE``, a mirror through ``VIDEO_SWIN_WEIGHTS_URL``, no
 network under ``VIDEO_SWIN_OFFLINE``); loading goes through
 :func:`video_swin.checkpoints.load_checkpoint`, which checks layout and
-shapes. Importing this module does not import torch (the config checks use
-:func:`is_pretrained_name`).
+shapes; :func:`video_swin.create_model` (:mod:`video_swin.factory`) builds the
+model and calls :func:`load_pretrained`. Importing this module does not import
+torch (the config checks use :func:`is_pretrained_name`): the functions that
+need :mod:`video_swin.checkpoints` (and so torch) import it when they run.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def weights_path(entry: PretrainedWeights | str, *, progress: bool = True) -> Pa
 
 
 def _check_layout(entry: PretrainedWeights, state: Any, url: str) -> None:
-    from ..checkpoints import detect_layout
+    from ..checkpoints import detect_layout  # imports torch: on use, see the module's docstring
 
     layout = detect_layout(state)
     if layout != entry.layout:
@@ -96,7 +98,7 @@ def read_pretrained(entry: PretrainedWeights | str, *, progress: bool = True) ->
     A cached copy that does not load is named with the command to remove it;
     under ``VIDEO_SWIN_REDOWNLOAD=1`` it is downloaded again, once.
     """
-    from ..checkpoints import read_weight_file
+    from ..checkpoints import read_weight_file  # imports torch: on use
 
     entry = get_pretrained(entry) if isinstance(entry, str) else entry
     path = weights_path(entry, progress=progress)
@@ -131,7 +133,7 @@ def load_pretrained(model: nn.Module, entry: PretrainedWeights | str) -> LoadRep
     Raises:
         CheckpointError: download problems, another layout, missing weights, wrong shapes.
     """
-    from ..checkpoints import load_checkpoint
+    from ..checkpoints import load_checkpoint  # imports torch: on use
 
     entry = get_pretrained(entry) if isinstance(entry, str) else entry
     weights = read_pretrained(entry)
@@ -149,25 +151,10 @@ def load_pretrained(model: nn.Module, entry: PretrainedWeights | str) -> LoadRep
     return report
 
 
-def create_pretrained(name: str, pretrained: str | bool, num_classes: int | None = None, **overrides: Any) -> nn.Module:
-    """``create_model(name, pretrained=...)``: the preset with the entry's arguments, then its weights.
-
-    ``num_classes`` defaults to the file's; another count gets a fresh head.
-    """
-    from ..models import create_model
-
-    entry = get_pretrained(name, pretrained)
-    model = create_model(entry.model, num_classes=entry.num_classes if num_classes is None else num_classes,
-                         **{**entry.model_args, **overrides})
-    load_pretrained(model, entry)
-    return model
-
-
 __all__ = [
     "CATALOG",
     "PretrainedWeights",
     "cache_dir",
-    "create_pretrained",
     "get_pretrained",
     "is_pretrained_name",
     "list_pretrained",

@@ -209,7 +209,7 @@ def cached_file_problem(path: Path, size: int | None = None) -> str | None:
     """
     import zipfile
 
-    from ..checkpoints.io import content_kind
+    from ..checkpoints.io import content_kind  # imports torch: on use (this package stays torch-free)
 
     got = path.stat().st_size
     if got == 0:
@@ -256,7 +256,7 @@ def _safetensors_problem(path: Path, head: bytes, got: int) -> str | None:
 
 def _check_weights(tmp: Path, url: str, verify: Callable[[dict[str, Any], str], None] | None) -> None:
     """Refuses a download that is not weights: an HTML page, text, a refused pickle, no tensors, ``verify``."""
-    from ..checkpoints.io import content_kind, read_state_dict
+    from ..checkpoints.io import content_kind, read_state_dict  # imports torch: on use
 
     with open(tmp, "rb") as f:
         kind = content_kind(f.read(4096))
