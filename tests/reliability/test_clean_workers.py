@@ -100,9 +100,13 @@ def test_the_project_pools_never_fork(monkeypatch, decoded_everywhere, tmp_path)
 _FORK_AFTER_DECODING = """
 import os, sys, time
 from video_swin.data import get_decoder
+import av
 path, backends = sys.argv[1], sys.argv[2].split(",")
 for backend in backends:  # decord and torchcodec are verified against PyAV on this first read
     assert get_decoder(backend).get_frames(path, [0, 17, 39]).shape[0] == 3, backend
+with av.open(path) as container:  # what other code in the process may do last: PyAV's shared, threaded scaler
+    for frame in container.decode(video=0):
+        frame.to_ndarray(format="rgb24")
 pid = os.fork()  # as torch's DataLoader starts its workers by default
 if pid == 0:
     code = 0 if get_decoder("pyav").get_frames(path, list(range(40))).shape[0] == 40 else 3
@@ -119,8 +123,9 @@ sys.exit(4)
 
 
 def test_a_process_forked_after_the_library_decoded_can_still_decode(tmp_path):
-    """The library converts frames on the calling thread: FFmpeg's scaler starts no slice threads that a forked
-    child (a DataLoader worker) could deadlock on. Run in a fresh interpreter so this test's state leaks nowhere."""
+    """A DataLoader worker forked after this process decoded (with PyAV's own threaded scaler, then with every
+    backend) still decodes: the library converts frames with a scaler of its own process and thread, never one
+    it inherited (PyAV's shared scaler deadlocked there). A fresh interpreter, so this test's state leaks nowhere."""
     import subprocess
     import sys
 

@@ -48,9 +48,11 @@ from __future__ import annotations
 import abc
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -397,14 +399,29 @@ def _decode_run(container, stream, index, key, wanted, wanted_set, i, out, jump=
     return i, False
 
 
-def _rgb(frame) -> np.ndarray:
-    """(H, W, 3) uint8 of a decoded frame, converted on this thread.
+_scalers: dict[tuple[int, int], Any] = {}  # (process, thread) -> PyAV VideoReformatter
 
-    FFmpeg's scaler otherwise starts its own slice threads, and a process forked
-    after they existed (a DataLoader worker, a decode helper) can deadlock in their
-    teardown; one frame at a time needs no threads.
+
+def _rgb(frame) -> np.ndarray:
+    """(H, W, 3) uint8 of a decoded frame, converted by a scaler of this process and thread, on this thread.
+
+    ``frame.to_ndarray(format=...)`` reuses a scaler that PyAV shares across
+    calls, with FFmpeg's slice threads by default; a process forked after that
+    (a DataLoader worker, by torch's default) inherits the scaler without its
+    threads and deadlocks in their teardown on its first frame, whatever the
+    caller's own code did before (PyAV 18.1, FFmpeg 8). A scaler created in
+    this process and thread, run with ``threads=1``, never touches one that
+    another process started.
     """
-    return frame.to_ndarray(format="rgb24", threads=1)
+    key = (os.getpid(), threading.get_ident())
+    scaler = _scalers.get(key)
+    if scaler is None:
+        from av.video.reformatter import VideoReformatter  # noqa: PLC0415  (keeps `import video_swin.data` light)
+
+        if any(pid != key[0] for pid, _ in _scalers):
+            _scalers.clear()  # a forked copy: the parent's scalers are not ours to use
+        scaler = _scalers[key] = VideoReformatter()
+    return scaler.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
 
 def _decode_counting(container, stream, wanted: list[int]) -> dict[int, np.ndarray]:
