@@ -37,7 +37,7 @@ def test_pretrained_image_file_is_read_once(tmp_path, monkeypatch):
     torch.save(image.state_dict(), tmp_path / "swin_t.pth")
     reads = []
     original = io._load_file
-    monkeypatch.setattr(io, "_load_file", lambda path: reads.append(path) or original(path))
+    monkeypatch.setattr(io, "_load_file", lambda path, *rest: reads.append(path) or original(path, *rest))
     cfg = load_config("k400_swin_t.yaml", [f"model.pretrained_image={tmp_path / 'swin_t.pth'}"])
     build_model(cfg, 10, Accelerator(cpu=True))
     assert reads == [tmp_path / "swin_t.pth"]
