@@ -110,7 +110,7 @@ def test_each_option_alone_on_a_v1_model(option, present, absent):
     for part in absent:
         assert not any(part in n for n in names), part
     # Hooks on the one core: the same classes, whatever the options.
-    assert type(model) is SwinTransformer and type(model.layers[0].blocks[0].attn) is WindowAttention
+    assert isinstance(model, SwinTransformer) and type(model.layers[0].blocks[0].attn) is WindowAttention
     merge_norm = model.layers[0].downsample.norm.weight.shape[0]
     assert merge_norm == (16 if option.get("norm") == "post" else 32)  # LayerNorm(2C) after / (4C) before reduction
     x = torch.randn(2, 3, 4, 32, 32)

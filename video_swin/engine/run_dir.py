@@ -176,7 +176,10 @@ def prepare_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
     # a run that stopped before writing anything else (a config mistake) leaves only these
     existing = sorted(p for p in folder.iterdir() if p.name not in (LOCK_FILE, MARKER))
     names = _names(p.name for p in existing)
-    run = bool(existing) and is_run_folder(folder)
+    # A folder of saved states alone (copied in to resume them) is a run to --resume: nothing in it is
+    # someone else's, and the run writes its config beside them.
+    run = bool(existing) and (is_run_folder(folder) or (
+        resume and not (folder / "config.yaml").exists() and not foreign_entries(folder)))
     if existing and not run:
         what = "--overwrite only replaces the files of a previous run" if overwrite else (
             "--resume only continues a run" if resume else "a new run needs an empty or new folder")
