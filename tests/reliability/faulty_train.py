@@ -22,8 +22,9 @@ Faults (N is an optimizer step, RANK a process index; without RANK every process
   folder), in every process or only in process RANK.
 * ``nan_loss:A-B``: the loss of optimizer steps A..B (with one batch a step)
   is NaN.
-* ``hostile_decoder``: decord and PyAV segfault on any file whose name holds
-  ``CRASH`` and never return on one holding ``HANG``.
+* ``hostile_decoder``: the decoders segfault on any file whose name holds
+  ``CRASH`` and never return on one holding ``HANG`` (``broken_videos.HostileDecoder``
+  around every decoder ``get_decoder`` makes).
 * ``sleep_at_start:S[:RANK]``: this process waits S seconds before it starts
   (so before it joins the process group).
 
@@ -130,21 +131,14 @@ def _install(fault: str) -> None:
 
         F.cross_entropy = cross_entropy
     elif kind == "hostile_decoder":
+        # The decoder object itself is wrapped, so that the fault travels with it into the decoder helpers
+        # (fresh interpreters, data.decode_timeout) as well as into forked DataLoader workers.
+        sys.path.insert(0, str(REPO))
+        from tests.reliability.broken_videos import HostileDecoder
         from video_swin.data import decoders
 
-        def hostile(path):
-            if "CRASH" in str(path):
-                os.kill(os.getpid(), signal.SIGSEGV)
-            if "HANG" in str(path):
-                time.sleep(10**6)
-
-        original_index = decoders.get_frame_index  # every backend's first step
-
-        def get_frame_index(path):
-            hostile(path)
-            return original_index(path)
-
-        decoders.get_frame_index = get_frame_index
+        original_isolate = decoders.isolate  # get_decoder's last step, with or without a timeout
+        decoders.isolate = lambda decoder, timeout: original_isolate(HostileDecoder(decoder), timeout)
     elif kind == "sleep_at_start":
         if _this_rank(args[1] if len(args) > 1 else None):
             time.sleep(float(args[0]))
