@@ -1,4 +1,4 @@
-"""The ``video-swin`` command: train, evaluate, predict, inflate, plan, export, export-hub, make-demo-data.
+"""The ``video-swin`` command: train, evaluate, predict, timeline, extract, inflate, plan, prepare, export, ...
 
 Each subcommand parses its options, loads the config and makes one library
 call; :func:`main` maps the library's exceptions to exit codes in one place:
@@ -59,6 +59,36 @@ examples:
   video-swin predict --weights swin3d_t.k400 clips/ --out p.csv --features f.safetensors --feature-stages all
   video-swin predict --weights k400.pth --config k400_swin_t.yaml --classes k400_classes.txt \\
       --views 4x3 --top-k 3 --json clip.mp4
+"""
+TIMELINE_EPILOG = """\
+Windows are the weights' own clips (clip_len frames every frame_interval
+frames) with the test crop, starting every --stride frames ('16f', '16') or
+seconds ('1s'; VFR files stay right); default: one window's span. Frame numbers
+are positions in presentation order; end_frame is one past the window's last
+frame and seconds come from the frames' timestamps. Each video is decoded once,
+front to back, in a worker process while the model scores the windows before.
+A video shorter than one window gets one (its frames loop) and says so in the
+note column; a stream that breaks keeps the windows before the break. Exit
+code 1 when some video gave no window, 2 for a usage mistake.
+
+examples:
+  video-swin timeline --weights swin3d_t.k400 match.mp4 --stride 1s --out tl.csv --plot tl.png
+  video-swin timeline --weights runs/demo/model.safetensors long.mp4 --segments seg.csv --threshold 0.6
+"""
+
+EXTRACT_EPILOG = """\
+Writes DIR/<name>.npy (float32, windows x C: the pooled last stage after the
+final norm, averaged over crops) and DIR/<name>.json (fps, frames, window,
+stride, each window's frames and seconds, model, weights and their sha256)
+per video, <name> being the video's path under the folder given, so DIR
+mirrors the inputs. A rerun skips videos whose files are complete for the same
+settings. Videos that cannot be read, or break part-way (the windows before
+are kept), are listed in DIR/broken.csv and the others go on. Several processes
+split the videos: accelerate launch --num_processes N -m video_swin.cli extract ...
+
+examples:
+  video-swin extract videos/ --weights swin3d_b.k400 --out feats/ --stride 16f
+  video-swin extract a.mp4 b.mp4 --weights runs/demo/model.safetensors --out feats/ --feature-stages all
 """
 
 INFLATE_DESCRIPTION = """\
@@ -226,6 +256,99 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out or args.features:
         print("; ".join(done), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _long_video_model(args: argparse.Namespace):
+    """The model, config and class names of ``--weights`` for timeline/extract, after the cheap checks."""
+    from .pretrained import is_pretrained_name
+
+    if not Path(args.weights).is_file() and not is_pretrained_name(args.weights):
+        raise ConfigError(f"--weights: file not found and not a registry name: {args.weights} "
+                          f"(see video_swin.list_pretrained())")
+    if getattr(args, "classes", None) is not None and not Path(args.classes).is_file():
+        raise ConfigError(f"--classes: file not found: {args.classes}")
+    for name, value in (("--batch-size", args.batch_size), ("--top-k", getattr(args, "top_k", 1))):
+        if value < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers: must be >= 0, got {args.workers}")
+    from .data.long_video import parse_stride
+    from .engine.predict import load_predictor
+
+    parse_stride(args.stride) if args.stride is not None else None
+    cfg = load_config(args.config) if args.config else None
+    return load_predictor(args.weights, cfg=cfg, classes=getattr(args, "classes", None))
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold: a probability in [0, 1], got {args.threshold}")
+    from .engine.long_video import expand_videos
+    from .engine.long_video_output import (
+        check_timeline_destinations,
+        plot_timeline,
+        timeline_header,
+        timeline_rows,
+        write_segments,
+        write_timeline,
+    )
+
+    videos = [v for v, _ in expand_videos(args.videos)]  # a missing file or folder: before loading anything
+    check_timeline_destinations(args.out, args.segments, args.plot)
+    model, cfg, classes = _long_video_model(args)
+    from .engine.long_video import default_stride, iter_windows
+
+    stride = args.stride or str(default_stride(cfg))
+    results = []
+    if not args.out:
+        import csv
+
+        table = csv.writer(sys.stdout)
+        table.writerow(timeline_header(args.top_k))
+    for r in iter_windows(model, cfg, classes or [str(i) for i in range(model.head.out_features)], videos,
+                          stride=stride, crops=args.crops, batch_size=args.batch_size, workers=args.workers,
+                          precision=args.precision, progress=True):
+        results.append(r)
+        if r.error:
+            print(f"{'warning' if r.num_windows else 'error'}: {r.path}: {r.error}", file=sys.stderr)
+        if not args.out:
+            table.writerows(timeline_rows(r, args.top_k))
+            sys.stdout.flush()
+    about = {"weights": str(args.weights), "clip_len": cfg.data.clip_len, "frame_interval": cfg.data.frame_interval,
+             "stride": stride, "crops": args.crops}
+    if args.out:
+        write_timeline(args.out, results, args.top_k, about)
+    if args.segments:
+        write_segments(args.segments, results, args.threshold)
+    if args.plot:
+        plot_timeline(args.plot, results, args.threshold)
+    windows = sum(r.num_windows for r in results)
+    written = [p for p in (args.out, args.segments, args.plot) if p]
+    print(f"{windows} windows of {len(results)} videos" + (f"; wrote {', '.join(written)}" if written else ""),
+          file=sys.stderr)
+    return 1 if any(not r.num_windows for r in results) else 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .outputs import check_folder_destination
+
+    from .engine.long_video import expand_videos
+
+    named = expand_videos(args.videos)
+    check_folder_destination(args.out, "--out")
+    if args.feature_stages is not None:
+        from .engine.predict import parse_feature_stages
+
+        parse_feature_stages(args.feature_stages, 64)  # the wording, before loading
+    model, cfg, classes = _long_video_model(args)
+    from .engine.long_video import default_stride
+    from .engine.long_video_output import extract_to_folder
+
+    stride = args.stride or str(default_stride(cfg))
+    done = extract_to_folder(model, cfg, args.weights, named, args.out, stride=stride, crops=args.crops,
+                             feature_stages=args.feature_stages, batch_size=args.batch_size, workers=args.workers,
+                             precision=args.precision)
+    return 0 if done else 1
 
 
 def cmd_inflate(args: argparse.Namespace) -> int:
@@ -467,6 +590,52 @@ def build_parser() -> ArgumentParser:
                               "and suits GPUs and CPUs with AVX512-BF16/AMX; other CPUs emulate it, slower than "
                               "fp32 (a warning says so). Probabilities and saved features are float32 either way")
 
+    def long_video_options(sub: ArgumentParser) -> None:
+        sub.add_argument("--weights", required=True, metavar="NAME_OR_FILE",
+                         help="a registry name (e.g. swin3d_t.k400) or a weight file (.safetensors with its "
+                              ".json sidecar, or an official .pth with --config)")
+        sub.add_argument("--stride", metavar="Nf|Ss", default=None,
+                         help="between window starts: frames (16f) or seconds (1s); default: one window's span")
+        sub.add_argument("--crops", type=int, choices=[1, 3], default=1,
+                         help="views per window: 1 centre crop (default) or 3 along the long side")
+        sub.add_argument("--batch-size", type=int, default=8, help="windows per forward (default: 8)")
+        sub.add_argument("--workers", type=int, default=1,
+                         help="processes decoding videos ahead of the model, each reading whole videos "
+                              "(default: 1; 0: decode in this process)")
+        sub.add_argument("--config", help="config for weights saved without one (a path or a shipped recipe)")
+        sub.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                         help="dtype of the weights and inputs (default: fp32)")
+
+    timeline = command("timeline", cmd_timeline, "class probabilities over a long video, window by window",
+                       value_errors=True, epilog=TIMELINE_EPILOG, formatter_class=raw,
+                       description="Score windows at a fixed stride along each video: which action happens when.")
+    timeline.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders or glob patterns")
+    long_video_options(timeline)
+    timeline.add_argument("--top-k", type=int, default=5, help="classes per window (default: 5)")
+    timeline.add_argument("--classes", help="class names, one per line (default: those the weights carry)")
+    timeline.add_argument("--out", metavar="FILE.csv|FILE.json",
+                          help="write the windows here (default: CSV on stdout): video, start_frame, end_frame, "
+                               "start_sec, end_sec, top1, score1, ..., note")
+    timeline.add_argument("--segments", metavar="FILE.csv",
+                          help="merge consecutive windows with the same leading class (probability >= "
+                               "--threshold) into video, start_frame, end_frame, start_sec, end_sec, label, "
+                               "score rows")
+    timeline.add_argument("--threshold", type=float, default=0.5,
+                          help="least leading-class probability of a window in a segment (default: 0.5)")
+    timeline.add_argument("--plot", metavar="FILE.png",
+                          help="draw the leading classes' probabilities over time, segments shaded")
+
+    extract = command("extract", cmd_extract, "features of windows at a fixed stride, one .npy per video",
+                      value_errors=True, epilog=EXTRACT_EPILOG, formatter_class=raw,
+                      description="Per-window features of each video for temporal localization and retrieval.")
+    extract.add_argument("videos", nargs="+", metavar="VIDEOS_OR_FOLDERS",
+                         help="video files, folders (searched recursively) or glob patterns")
+    extract.add_argument("--out", required=True, metavar="DIR", help="where the .npy and .json files go")
+    long_video_options(extract)
+    extract.add_argument("--feature-stages", metavar="STAGES", default=None,
+                         help="also save per-stage features, each stage's map average-pooled over T,H,W: "
+                              "DIR/<name>.stage<i>.npy. STAGES: all, last, none (default) or numbers like 0,2")
+
     inflate = command("inflate", cmd_inflate, "inflate 2D Swin weights into a video model",
                       value_errors=True, description=INFLATE_DESCRIPTION, formatter_class=raw)
     inflate.add_argument("--image-checkpoint", required=True, help="2D Swin weights (.pth/.pt/.bin/.safetensors)")
@@ -580,6 +749,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed by the reader (| head): stop quietly, as Unix tools do
+        sys.stdout = None  # nothing more is flushed into the closed pipe at exit
+        return 141
 
 
 if __name__ == "__main__":
