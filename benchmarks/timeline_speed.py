@@ -7,16 +7,16 @@ with a model of random weights, measures in one run:
   RGB conversion and crop of the frames the windows use), in this process;
 * **model alone**: the model over the same windows, already decoded and
   cropped, with the thread count the timeline gives it;
-* **timeline**: ``video_swin.timeline`` (decoding in a worker process while the
-  model scores), its ratio to max(decode pass, model alone) (1.0 = perfect
-  overlap);
+* **timeline**: ``video_swin.timeline`` (decoding in a thread while the model
+  scores; also with a decoding process, ``workers=1``), its ratio to
+  max(decode pass, model alone) (1.0 = perfect overlap);
 * **random access**: what cutting the video into windows and reading each with
   the exact decoder costs (seek to the keyframe before, decode forward), timed
   on ``--random-windows`` windows spread over the video and scaled to all;
   frames decoded per window from the frame index;
-* **peak memory** (``--memory``): peak RSS of the timeline (main process plus
-  decoding worker) on a 1-minute cut and on the whole video, each in a fresh
-  process.
+* **peak memory** (``--memory``): peak RSS of the timeline (sampled every 20 ms,
+  the process and any children) on a 1-minute cut and on the whole video, each
+  in a fresh process.
 
 Example (the figures of docs/BENCHMARKS.md):
     python benchmarks/timeline_speed.py --minutes 10 --memory
@@ -123,7 +123,7 @@ def measure(args, video: Path) -> dict:
     t = time.perf_counter()
     index, plan = video_plan(video, args.clip_len, args.frame_interval, stride)
     index_s = time.perf_counter() - t
-    threads_timeline = set_torch_threads(cfg, cpu=True, workers=1)
+    threads_timeline = set_torch_threads(cfg, cpu=True, workers=1)  # as the timeline sets them
     out: dict = {"video": str(video), "frames": plan.num_frames, "windows": len(plan), "index_s": index_s,
                  "torch_threads": threads_timeline}
 
@@ -157,11 +157,12 @@ def measure(args, video: Path) -> dict:
         out["model_s"] = time.perf_counter() - t
     del clips
 
-    # the timeline: decoding in a worker, overlapped with the model
-    t = time.perf_counter()
-    tl = timeline(model, video, cfg=cfg, stride=stride, batch_size=args.batch_size, workers=1)
-    out["timeline_s"] = time.perf_counter() - t
-    assert tl.num_windows == len(plan) and tl.error is None
+    # the timeline: decoding in a thread (the default), overlapped with the model; and in a worker process
+    for key, workers in (("timeline_s", 0), ("timeline_process_s", 1)):
+        t = time.perf_counter()
+        tl = timeline(model, video, cfg=cfg, stride=stride, batch_size=args.batch_size, workers=workers)
+        out[key] = time.perf_counter() - t
+        assert tl.num_windows == len(plan) and tl.error is None
 
     # random access: each window read on its own by the exact decoder (PyAV: seek, decode forward)
     decoder = get_decoder("pyav")
@@ -214,7 +215,7 @@ def peak_memory(args, video: Path) -> float:
         "import sys, json; sys.path.insert(0, %r); import timeline_speed as b;"
         "a = b.parse(json.loads(sys.argv[1])); m, cfg = b.model_and_cfg(a); from video_swin import timeline;"
         "run = lambda: timeline(m, sys.argv[2], cfg=cfg, stride=a.stride or a.clip_len * a.frame_interval,"
-        " batch_size=a.batch_size, workers=1);"
+        " batch_size=a.batch_size);"
         "print(json.dumps(b._sampled_peak(run)))"
     ) % str(ROOT / "benchmarks")
     done = subprocess.run([sys.executable, "-c", code, json.dumps(args.argv), str(video)], check=True,
@@ -264,14 +265,17 @@ def main() -> None:
         print(f"video: {r['frames']} frames ({args.minutes:g} min, {width}x{height}, {args.fps} fps, H.264 with "
               f"B-frames); model {args.model} embed {args.embed_dim}, window {args.clip_len}x{args.frame_interval} "
               f"frames ({span}), crop {args.crop}; {r['windows']} windows; torch threads {r['torch_threads']} + "
-              f"1 decoding worker")
+              f"1 decoding thread")
         rows = [("frame index (demux pass)", r["index_s"]), ("FFmpeg decode of every frame, no conversion",
                 r["ffmpeg_decode_s"]), ("decode pass: the sequential reader alone", r["decode_s"]),
-                ("model alone on the decoded windows", r["model_s"]), ("timeline (overlapped)", r["timeline_s"]),
+                ("model alone on the decoded windows", r["model_s"]),
+                ("timeline: decoding thread (default)", r["timeline_s"]),
+                ("timeline: decoding process (--workers 1)", r["timeline_process_s"]),
                 ("per-window random access reads (scaled)", r["random_access_s"])]  # fmt: skip
         for name, s in rows:
             print(f"  {name:<46} {s:8.1f} s  {r['windows'] / s:8.1f} windows/s")
-        print(f"  timeline / max(decode pass, model alone) = {r['overlap_ratio']:.3f}")
+        print(f"  timeline / max(decode pass, model alone) = {r['overlap_ratio']:.3f} (thread), "
+              f"{r['timeline_process_s'] / max(r['decode_s'], r['model_s']):.3f} (process)")
         print(f"  frames decoded per window: sequential {r['sequential_frames_per_window']:.1f}, "
               f"random access {r['random_frames_per_window']:.1f}")
         if args.memory:

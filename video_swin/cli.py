@@ -590,7 +590,7 @@ def build_parser() -> ArgumentParser:
                               "and suits GPUs and CPUs with AVX512-BF16/AMX; other CPUs emulate it, slower than "
                               "fp32 (a warning says so). Probabilities and saved features are float32 either way")
 
-    def long_video_options(sub: ArgumentParser) -> None:
+    def long_video_options(sub: ArgumentParser, workers: int) -> None:
         sub.add_argument("--weights", required=True, metavar="NAME_OR_FILE",
                          help="a registry name (e.g. swin3d_t.k400) or a weight file (.safetensors with its "
                               ".json sidecar, or an official .pth with --config)")
@@ -599,9 +599,10 @@ def build_parser() -> ArgumentParser:
         sub.add_argument("--crops", type=int, choices=[1, 3], default=1,
                          help="views per window: 1 centre crop (default) or 3 along the long side")
         sub.add_argument("--batch-size", type=int, default=8, help="windows per forward (default: 8)")
-        sub.add_argument("--workers", type=int, default=1,
-                         help="processes decoding videos ahead of the model, each reading whole videos "
-                              "(default: 1; 0: decode in this process)")
+        sub.add_argument("--workers", type=int, default=workers,
+                         help="processes decoding videos ahead of the model, each reading whole videos, "
+                              "isolated (an FFmpeg crash costs one video); 0: one decoding thread in this "
+                              f"process, no start-up time (default: {workers})")
         sub.add_argument("--config", help="config for weights saved without one (a path or a shipped recipe)")
         sub.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                          help="dtype of the weights and inputs (default: fp32)")
@@ -610,7 +611,7 @@ def build_parser() -> ArgumentParser:
                        value_errors=True, epilog=TIMELINE_EPILOG, formatter_class=raw,
                        description="Score windows at a fixed stride along each video: which action happens when.")
     timeline.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders or glob patterns")
-    long_video_options(timeline)
+    long_video_options(timeline, workers=0)
     timeline.add_argument("--top-k", type=int, default=5, help="classes per window (default: 5)")
     timeline.add_argument("--classes", help="class names, one per line (default: those the weights carry)")
     timeline.add_argument("--out", metavar="FILE.csv|FILE.json",
@@ -631,7 +632,7 @@ def build_parser() -> ArgumentParser:
     extract.add_argument("videos", nargs="+", metavar="VIDEOS_OR_FOLDERS",
                          help="video files, folders (searched recursively) or glob patterns")
     extract.add_argument("--out", required=True, metavar="DIR", help="where the .npy and .json files go")
-    long_video_options(extract)
+    long_video_options(extract, workers=1)
     extract.add_argument("--feature-stages", metavar="STAGES", default=None,
                          help="also save per-stage features, each stage's map average-pooled over T,H,W: "
                               "DIR/<name>.stage<i>.npy. STAGES: all, last, none (default) or numbers like 0,2")

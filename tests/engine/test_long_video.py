@@ -256,6 +256,20 @@ def test_windows_inside_a_segment_take_its_class_and_segments_recover_the_bounda
     assert segments[0].start_frame == 0 and segments[-1].end_frame == int(tl.end_frame[-1])
 
 
+def test_segments_begin_at_the_first_window_above_the_threshold():
+    """A run of one class whose first window is below the threshold still makes a segment."""
+    from video_swin.data.long_video import WindowPlan
+
+    probs = torch.tensor([[0.9, 0.1], [0.45, 0.55], [0.3, 0.7], [0.1, 0.9], [0.2, 0.8], [0.45, 0.55]])
+    starts = np.arange(6) * 4
+    plan = WindowPlan(starts[:, None] + np.arange(4), starts, starts + 8, np.arange(40) / 10.0, 40, 10.0)
+    r = VideoWindows("v.mp4", ["a", "b"], plan, probs)
+    got = [(s.label, s.start_frame, s.end_frame, s.windows) for s in merge_segments(r, threshold=0.65)]
+    # centres 4, 8, ..., 24: cuts half-way between them (6, 10, ...), the ends at 0 and the last window's end
+    assert got == [("a", 0, 6, 1), ("b", 10, 22, 3)]
+    assert [s.label for s in merge_segments(r, threshold=0.5)] == ["a", "b"]
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 
@@ -425,3 +439,23 @@ def test_extract_over_two_processes_writes_each_video_once(corpus, tiny_checkpoi
     alone = extract_features(weights, corpus["h264_vfr"], stride=8, workers=0).features.numpy()
     np.testing.assert_allclose(np.load(out / "v1.npy"), alone, rtol=1e-5, atol=1e-6)
     assert "4 of 5 videos complete" in result.stderr
+
+
+def test_the_decoding_thread_hands_on_its_error_and_stops_when_the_reader_does():
+    from video_swin.engine.long_video import _in_thread
+
+    def items(fail_at):
+        for i in range(10):
+            if i == fail_at:
+                raise RuntimeError(f"broke at {i}")
+            yield {"video": 0, "n": i}
+
+    got = []
+    with pytest.raises(RuntimeError, match="broke at 3"):
+        for item in _in_thread(items(3)):
+            got.append(item["n"])
+    assert got == [0, 1, 2]
+    reader = _in_thread(items(None))
+    assert next(reader)["n"] == 0
+    reader.close()  # the consumer stops early: the thread is told to stop and joined
+    assert not [t for t in __import__("threading").enumerate() if t.name == "video-swin-decode"]

@@ -2,10 +2,10 @@
 
 :func:`timeline` ("which action happens when") and :func:`extract_features`
 (one feature vector per window, the input of temporal action localization
-tools) share :func:`iter_windows`: each video is decoded once, front to back,
-in a DataLoader worker (:class:`~video_swin.data.long_video.WindowStream`),
-while this process scores the windows already decoded, ``batch_size`` at a
-time. A window is one evaluation clip (the weights' ``clip_len`` x
+tools) share :func:`iter_windows`: each video is decoded once, front to back
+(:class:`~video_swin.data.long_video.WindowStream`), by a thread of this
+process or by DataLoader worker processes, while the model scores the windows
+already decoded, ``batch_size`` at a time. A window is one evaluation clip (the weights' ``clip_len`` x
 ``frame_interval``) with the test crop(s), so a window's probabilities are what
 ``predict`` gives for a file holding just that window's frames.
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +160,7 @@ def iter_windows(
     features: bool = False,
     feature_stages: Sequence[int] | None = None,
     device: str | torch.device | None = None,
-    workers: int = 1,
+    workers: int = 0,
     decode_threads: int | None = None,
     precision: str = "fp32",
     progress: bool = False,
@@ -178,8 +180,9 @@ def iter_windows(
         features: also keep each window's pooled last-stage features.
         feature_stages: also keep these stages' maps average-pooled over T, H, W.
         device: where the model runs; default CUDA if available.
-        workers: decoding processes, each reading whole videos (0: in this
-            process, without overlap).
+        workers: decoding processes, each reading whole videos (isolated: an
+            FFmpeg crash costs one video); 0 (the default): one decoding thread in
+            this process, which starts at once (a process takes about 3 s to start).
         decode_threads: FFmpeg threads per video (default
             :func:`~video_swin.data.long_video.default_decode_threads`).
         precision: ``"fp32"`` or ``"bf16"`` (as :func:`~.predict.iter_predictions`).
@@ -199,7 +202,7 @@ def iter_windows(
         _warn_emulated_bf16()
     paths = [str(p) for p in paths]
     workers = min(workers, len(paths))
-    set_torch_threads(cfg, cpu=device.type == "cpu", workers=workers)
+    set_torch_threads(cfg, cpu=device.type == "cpu", workers=max(workers, 1))  # a decoding thread takes a core too
     stages = sorted({i % len(model.layers) for i in feature_stages}) if feature_stages else None
     stream = WindowStream(paths, cfg.data.clip_len, cfg.data.frame_interval, stride, window_transform(cfg, crops),
                           batch_size, default_decode_threads() if decode_threads is None else decode_threads)
@@ -264,14 +267,56 @@ def _score(model: nn.Module, cfg: Config, video: _Video, clips: torch.Tensor, de
 
 
 def _items_of(stream: WindowStream, ids: list[int], workers: int) -> Iterator[dict]:
-    """The stream's items for the videos ``ids`` (global numbers), from ``workers`` processes."""
+    """The stream's items for the videos ``ids`` (global numbers), from ``workers`` processes, or from a
+    thread of this process when ``workers`` is 0."""
     part = WindowStream([stream.paths[i] for i in ids], stream.clip_len, stream.frame_interval, stream.stride,
                         stream.transform, stream.batch_size, stream.threads)
-    loader = DataLoader(part, batch_size=None, num_workers=workers, collate_fn=_items,
-                        multiprocessing_context=worker_context() if workers else None)
-    for item in loader:
+    if workers:
+        items: Iterator[dict] = iter(DataLoader(part, batch_size=None, num_workers=workers, collate_fn=_items,
+                                                multiprocessing_context=worker_context()))
+    else:
+        items = _in_thread(iter(part))
+    for item in items:
         item["video"] = ids[item["video"]]
         yield item
+
+
+def _in_thread(items: Iterator[dict], ahead: int = 2) -> Iterator[dict]:
+    """``items`` produced by a thread of this process, at most ``ahead`` waiting: decoding (PyAV and the
+    crops release the GIL) overlaps the model without a process to start (about 3 s saved per run,
+    docs/LONG_VIDEOS.md). An exception in the thread is raised here."""
+    box: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(end)
+        except BaseException as e:  # noqa: BLE001  (handed to the consumer)
+            box.put(e)
+
+    thread = threading.Thread(target=produce, name="video-swin-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = box.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _finish(path: str, classes: Sequence[str], video: _Video, error: str | None, features: bool,

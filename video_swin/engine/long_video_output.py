@@ -134,13 +134,15 @@ def merge_segments(result: VideoWindows, threshold: float = 0.5) -> list[Segment
     segments: list[Segment] = []
     i = 0
     while i < n:
+        if float(probs[i]) < threshold:  # in no segment
+            i += 1
+            continue
         j = i
         while j + 1 < n and int(labels[j + 1]) == int(labels[i]) and float(probs[j + 1]) >= threshold:
             j += 1
-        if float(probs[i]) >= threshold:
-            start, end = int(cuts[i]), int(cuts[j + 1])
-            segments.append(Segment(start, end, float(result.plan.seconds(start)), float(result.plan.seconds(end)),
-                                    result.classes[int(labels[i])], float(probs[i : j + 1].mean()), j - i + 1))
+        start, end = int(cuts[i]), int(cuts[j + 1])
+        segments.append(Segment(start, end, float(result.plan.seconds(start)), float(result.plan.seconds(end)),
+                                result.classes[int(labels[i])], float(probs[i : j + 1].mean()), j - i + 1))
         i = j + 1
     return segments
 
@@ -159,7 +161,8 @@ def write_segments(path: str | os.PathLike, results: Sequence[VideoWindows], thr
 
 def plot_timeline(path: str | os.PathLike, results: Sequence[VideoWindows], threshold: float = 0.5,
                   classes_shown: int = 5) -> None:
-    """``--plot``: per video, the leading classes' probabilities over time, segments shaded and labelled."""
+    """``--plot``: per video, the probabilities of the classes that lead some window over time (the
+    ``classes_shown`` leading most windows drawn solid, up to ten in all), segments shaded and labelled."""
     import matplotlib  # noqa: PLC0415  (only when a plot is asked for)
 
     matplotlib.use("Agg")
@@ -170,24 +173,27 @@ def plot_timeline(path: str | os.PathLike, results: Sequence[VideoWindows], thre
     palette = plt.get_cmap("tab10")
     for ax, r in zip(axes[:, 0], shown):
         centres = (r.start_sec + r.end_sec) / 2.0
-        leading = r.probs.argmax(1)
-        counts = torch.bincount(leading, minlength=len(r.classes))
-        top = [int(c) for c in counts.argsort(descending=True)[:classes_shown] if counts[c] > 0]
-        colour = {c: palette(k % 10) for k, c in enumerate(top)}
+        counts = torch.bincount(r.probs.argmax(1), minlength=len(r.classes))
+        leading = [int(c) for c in counts.argsort(descending=True) if counts[c] > 0][:10]  # most windows first
+        colour = {c: palette(k % 10) for k, c in enumerate(leading)}
+        width = float(r.end_sec[-1]) or 1.0
         for seg in merge_segments(r, threshold):
             c = r.classes.index(seg.label)
-            ax.axvspan(seg.start_sec, seg.end_sec, color=colour.get(c, "0.85"), alpha=0.15, lw=0)
-            ax.text((seg.start_sec + seg.end_sec) / 2, 1.02, seg.label, ha="center", va="bottom", fontsize=7,
-                    clip_on=False)  # fmt: skip
-        for c in top:
+            ax.axvspan(seg.start_sec, seg.end_sec, color=colour.get(c, "0.8"), alpha=0.18, lw=0)
+            if (seg.end_sec - seg.start_sec) / width > 0.06:  # room for its name
+                ax.text((seg.start_sec + seg.end_sec) / 2, 1.02, seg.label, ha="center", va="bottom", fontsize=7,
+                        clip_on=False)  # fmt: skip
+        for c in leading[:classes_shown]:
             ax.plot(centres, r.probs[:, c].numpy(), color=colour[c], lw=1.4, label=r.classes[c])
+        for c in leading[classes_shown:]:
+            ax.plot(centres, r.probs[:, c].numpy(), color=colour[c], lw=1.0, ls="--", label=r.classes[c])
         ax.axhline(threshold, color="0.5", lw=0.6, ls=":")
         ax.set_ylim(0, 1)
-        ax.set_xlim(0, float(r.end_sec[-1]))
+        ax.set_xlim(0, width)
         ax.set_ylabel("probability")
         ax.set_title(os.path.basename(r.path) + (f"  ({r.error})" if r.error else ""), fontsize=9, loc="left",
                      pad=14)  # fmt: skip
-        ax.legend(loc="upper right", fontsize=7, ncol=min(len(top), 5), framealpha=0.8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, framealpha=0.8)
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
