@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import difflib
 import logging
+import math
 import os
 import re
 import types
@@ -71,8 +72,12 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     root: str = "data/kinetics400"
-    train_annotations: str = "data/kinetics400/train.csv"
-    val_annotations: str = "data/kinetics400/val.csv"
+    train_annotations: str = "data/kinetics400/train.csv"  # a CSV, an mmaction list, or a class-per-folder tree
+    # null: no validation annotations; a stratified, seeded share of the training videos is held
+    # out instead (val_fraction, split_seed) and written into the run folder (OUTPUT_DIR/split/)
+    val_annotations: str | None = "data/kinetics400/val.csv"
+    val_fraction: float = 0.1  # of each class's training videos, when val_annotations is null
+    split_seed: int = 0  # the held-out videos' draw; its own seed, so runs of several `seed`s share one split
     classes: str | None = None  # optional class list file (one name per line)
     decoder: Decoder = "decord"
     pipeline: Pipeline = "native"
@@ -108,7 +113,12 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 30
     max_steps: int | None = None  # optimizer steps; overrides epochs
-    batch_size: int = 8  # per process
+    # Clips per process and forward, or auto: the memory planner (engine/plan.py) chooses the
+    # batch per device, train.grad_accum_steps and model.use_checkpoint that reach
+    # train.global_batch within train.memory (engine/batch_plan.py; written to OUTPUT_DIR/batch_plan.json)
+    batch_size: int | Literal["auto"] = 8
+    global_batch: int | None = None  # clips per optimizer step (batch x processes x accumulation); for auto
+    memory: float | None = None  # GiB per device for auto; null: the device's free memory (RAM on CPU)
     grad_accum_steps: int = 1
     mixed_precision: MixedPrecision = "no"
     distributed: Distributed = "ddp"  # how several processes share the model: replicas, or shards (fsdp)
@@ -460,13 +470,21 @@ def validate(cfg: Config) -> None:
     if cfg.train.distributed == "fsdp" and cfg.train.mixed_precision == "fp16":
         raise ConfigError("train.distributed: fsdp trains in fp32 or bf16 (train.mixed_precision: no or bf16), "
                           "not fp16, whose loss scaling needs unsharded gradients")
+    if cfg.train.batch_size == "auto" and cfg.train.global_batch is None:
+        raise ConfigError("train.batch_size: auto needs train.global_batch (clips per optimizer step, e.g. 64)")
+    if cfg.train.memory is not None and not (math.isfinite(cfg.train.memory) and cfg.train.memory > 0):
+        raise ConfigError(f"train.memory: must be a size in GiB > 0 or null, got {cfg.train.memory!r}")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: must be in (0, 1), got {cfg.data.val_fraction!r}")
     for key in ("data.clip_len", "data.frame_interval", "data.crop_size", "data.train_short_side",
-                "data.test_short_side", "train.epochs", "train.batch_size", "train.grad_accum_steps",
+                "data.test_short_side", "train.epochs", "train.grad_accum_steps", "train.global_batch",
                 "train.save_every_steps", "train.log_every_steps", "train.keep_last", "optim.lr",
                 "eval.batch_size", "eval.max_views_per_forward", "train.max_steps", "model.num_classes",
                 "train.max_nonfinite_steps", "data.decode_timeout"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
+    if cfg.train.batch_size != "auto":
+        _positive("train.batch_size", cfg.train.batch_size)
     if cfg.train.threads != "auto" and not (cfg.train.threads.isdigit() and int(cfg.train.threads) > 0):
         raise ConfigError(f"train.threads: expected auto or a count > 0, got {cfg.train.threads!r}")
     for key in ("data.num_workers", "data.shm_slots", "data.shuffle_buffer", "optim.weight_decay", "sched.warmup_epochs", "sched.min_lr",
@@ -521,7 +539,13 @@ def check_paths(cfg: Config, *, evaluation: bool = False) -> None:
     (the validation annotations and the class file; no pretrained weights).
     """
     files = {"data.classes": cfg.data.classes}
-    if evaluation and not cfg.data.shards:
+    if evaluation and not cfg.data.shards and cfg.data.val_annotations is None:
+        # the held-out videos a training run wrote (video_swin.data.split); nothing to score without them
+        split = Path(cfg.output_dir) / "split" / "val.txt"
+        if not split.is_file():
+            raise ConfigError(f"data.val_annotations: null, and {split} (the validation split a training run "
+                              f"writes into output_dir) does not exist; give data.val_annotations or the run's output_dir")
+    elif evaluation and not cfg.data.shards:
         files["data.val_annotations"] = cfg.data.val_annotations
     else:
         files.update({"model.pretrained_image": cfg.model.pretrained_image,

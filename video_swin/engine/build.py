@@ -21,6 +21,7 @@ from ..data import ClipTransform, SharedRingCollate, build_video_dataset, class_
 from ..data.annotations import read_class_file
 from ..data.collate import collate
 from ..data.shards import ShardDataset, ShardLoader, ShardSet
+from ..data.split import SplitFiles, ensure_split, split_files
 from ..errors import CheckpointError, ConfigError, TrainingError  # noqa: F401  (re-exported)
 from ..models import create_model
 from ..models.kernels import accelerate_cpu, machine  # machine's functions looked up when called (tests replace them)
@@ -176,7 +177,7 @@ def build_test_dataset(
         return _shard_dataset(cfg, shards or "val", "test", classes, _clip_transform(cfg, "test", crops), num_clips=clips,
                               rank=process_index, world=num_processes)
     args = _common_data_args(cfg, list(classes))
-    annotations: Any = cfg.data.val_annotations
+    annotations: Any = annotation_files(cfg)[1]
     root: str | None = cfg.data.root
     if videos is not None:
         args.update(pipeline="native", max_bad_fraction=1.0)
@@ -232,11 +233,37 @@ def build_datasets(cfg: Config, process_index: int = 0, num_processes: int = 1) 
                                   shards=found["val"])
         return train, val, test
     common = _common_data_args(cfg, d.classes)
-    train = build_video_dataset(d.train_annotations, d.root, mode="train", transform=_clip_transform(cfg, "train"),
+    train_annotations, val_annotations = annotation_files(cfg)
+    train = build_video_dataset(train_annotations, d.root, mode="train", transform=_clip_transform(cfg, "train"),
                                 **common)
     common["classes"] = list(train.classes)
-    val = build_video_dataset(d.val_annotations, d.root, mode="val", transform=_clip_transform(cfg, "val"), **common)
+    val = build_video_dataset(val_annotations, d.root, mode="val", transform=_clip_transform(cfg, "val"), **common)
     return train, val, build_test_dataset(cfg, train.classes)
+
+
+def split_folder(cfg: Config) -> Path:
+    """Where a run without validation annotations writes its split (``OUTPUT_DIR/split``)."""
+    return Path(cfg.output_dir) / "split"
+
+
+def annotation_files(cfg: Config) -> tuple[str, str]:
+    """The training and validation annotations a run reads: ``data.train_annotations`` and
+    ``data.val_annotations``, or with ``data.val_annotations: null`` the lists of the run's split
+    (:func:`write_split`)."""
+    d = cfg.data
+    if d.val_annotations is not None:
+        return d.train_annotations, d.val_annotations
+    train, val = split_files(split_folder(cfg))
+    return str(train), str(val)
+
+
+def write_split(cfg: Config) -> SplitFiles:
+    """With ``data.val_annotations: null``: the run's stratified split of the training videos, written into
+    ``OUTPUT_DIR/split`` or, when it is there (a resumed run), checked and reused
+    (:func:`~video_swin.data.split.ensure_split`). Main process only."""
+    d = cfg.data
+    return ensure_split(split_folder(cfg), d.train_annotations, d.root, classes=d.classes, fraction=d.val_fraction,
+                        seed=d.split_seed)
 
 
 def eval_loader(ds: Any, cfg: Config, device: torch.device | str | None = None) -> DataLoader | ShardLoader:

@@ -319,6 +319,8 @@ def plan_memory(
     precision: str = "bf16",
     num_classes: int = 400,
     attention: str = "fused",
+    checkpointing: Sequence[bool] = (False, True),
+    model_options: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> MemoryPlan:
     """Memory per device of training ``model`` with AdamW, for DDP and FSDP, with and without checkpointing.
@@ -334,6 +336,9 @@ def plan_memory(
             AdamW states; FSDP gathers bf16 parameters) or ``"fp32"``.
         num_classes: classes of the head.
         attention: ``"fused"`` (GPUs) or ``"cpu"``; see the module docstring.
+        checkpointing: the activation-checkpointing choices to plan (each is one trace).
+        model_options: model options, as ``overrides``; for names this function takes itself
+            (a model's ``attention``, dot or cosine).
         **overrides: model options, as for :func:`~video_swin.models.create_model`.
 
     Returns:
@@ -346,6 +351,7 @@ def plan_memory(
         raise ValueError(f"gpu_memory (--gpu-memory) must be a finite size in GiB > 0, got {gpu_memory}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    overrides = {**overrides, **(model_options or {})}
     if "use_checkpoint" in overrides:
         raise ValueError("use_checkpoint: the plan has rows with and without checkpointing")
     with torch.device("meta"):
@@ -361,16 +367,16 @@ def plan_memory(
     low = 2 if precision == "bf16" else 4  # bytes of a parameter FSDP gathers (train.distributed=fsdp: bf16)
     plan = MemoryPlan(model, num_params, clip, batch, gpus, gpu_memory, precision)
     rows = []
-    for checkpointing in (False, True):
+    for checkpoint in dict.fromkeys(checkpointing):
         with torch.device("meta"):
-            traced = create_model(model, num_classes=num_classes, use_checkpoint=checkpointing, **overrides)
+            traced = create_model(model, num_classes=num_classes, use_checkpoint=checkpoint, **overrides)
         trace = trace_step(traced, (batch, probe.in_chans, *clip), precision=precision, attention=attention)
         # DDP: a full replica; AdamW's foreach step holds one more fp32 copy of the parameters.
         buckets = param_bytes if gpus > 1 else 0
         forward_backward = param_bytes + states + buckets + trace.peak(param_bytes)
         step = 3 * param_bytes + states + buckets
         peak = max(forward_backward, step)
-        rows.append(PlanRow("DDP", checkpointing, param_bytes, param_bytes, states, trace.activations(), buckets,
+        rows.append(PlanRow("DDP", checkpoint, param_bytes, param_bytes, states, trace.activations(), buckets,
                             peak, peak <= plan.usable))  # fmt: skip
         # FSDP: shards of everything, plus the units it gathers (the root for the whole step, two blocks,
         # one block's gradients before their fp32 reduce-scatter); no autocast copies of the weights.
@@ -379,7 +385,7 @@ def plan_memory(
         forward_backward = shard + states / gpus + gathered + trace.peak(shard, casts=False)
         step = 3 * shard + states / gpus
         peak = max(forward_backward, step)
-        rows.append(PlanRow("FSDP", checkpointing, shard, shard, states / gpus, trace.activations(casts=False),
+        rows.append(PlanRow("FSDP", checkpoint, shard, shard, states / gpus, trace.activations(casts=False),
                             gathered, peak, peak <= plan.usable))  # fmt: skip
     order = {"DDP": 0, "FSDP": 1}
     rows.sort(key=lambda r: (order[r.strategy], r.checkpointing))

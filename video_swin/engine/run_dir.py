@@ -46,9 +46,10 @@ log = logging.getLogger(__name__)
 MARKER = ".video-swin-run"
 # What a run writes in its folder (see foreign_entries).
 _RUN_FILES = frozenset({LOCK_FILE, MARKER, "config.yaml", "classes.txt", "metrics.jsonl", "model.safetensors",
-                        "model.json", "curves.png"})  # fmt: skip
+                        "model.json", "curves.png", "batch_plan.json"})  # fmt: skip
 _TMP_WEIGHTS = re.compile(r"\.model\.(safetensors|json)\.[^/]+\.tmp")  # checkpoints.io's atomic writes
 _STATE_FOLDER = re.compile(r"(\.tmp_|\.old_)?step_\d+")  # .state
+_SPLIT_FILES = frozenset({"train.txt", "val.txt", "classes.txt"})  # ..data.split
 _EVAL_FOLDER = re.compile(r"eval(_\d+x\d+)?")
 _EVAL_FILES = frozenset({"metrics.json", "predictions.csv", "confusion_matrix.png"})  # .evaluate.write_report
 _TENSORBOARD_FILE = re.compile(r"events\.out\.tfevents\..+|hparams\.yml")
@@ -122,7 +123,8 @@ def foreign_entries(folder: Path) -> list[str]:
     A run writes, in its folder: the lock and the marker, ``config.yaml``,
     ``classes.txt``, ``metrics.jsonl``, ``model.safetensors`` with its
     ``model.json`` (and their temporary names while being written),
-    ``curves.png``, ``checkpoints/step_<N>`` (``.tmp_``/``.old_`` while being
+    ``curves.png``, ``batch_plan.json`` (``train.batch_size: auto``), ``split/`` (``train.txt``,
+    ``val.txt``, ``classes.txt``: the held-out videos of ``data.val_annotations: null``), ``checkpoints/step_<N>`` (``.tmp_``/``.old_`` while being
     saved), ``eval/`` and ``video-swin evaluate``'s ``eval_<CLIPS>x<CROPS>/``
     (``metrics.json``, ``predictions.csv``, ``confusion_matrix.png``) and
     ``tensorboard/`` (event files, ``hparams.yml``). Links are never a run's.
@@ -143,6 +145,9 @@ def foreign_entries(folder: Path) -> list[str]:
         elif _EVAL_FOLDER.fullmatch(name):
             found += [f"{name}/{p.name}" for p in sorted(path.iterdir())
                       if p.is_symlink() or not p.is_file() or p.name not in _EVAL_FILES]  # fmt: skip
+        elif name == "split":  # data.split: the held-out videos of a run without validation annotations
+            found += [f"{name}/{p.name}" for p in sorted(path.iterdir())
+                      if p.is_symlink() or not p.is_file() or p.name not in _SPLIT_FILES]  # fmt: skip
         elif name == "tensorboard":
             found += [str(p.relative_to(folder)) for p in sorted(path.rglob("*"))
                       if p.is_symlink() or (not p.is_dir() and not _TENSORBOARD_FILE.fullmatch(p.name))]  # fmt: skip

@@ -37,6 +37,7 @@ from ..data import BrokenVideoLog, clips_to_float, ensure_demo_data
 from ..data.shards import ShardDataset, ShardLoader
 from ..errors import Preempted, ResumeError, TrainingError
 from . import state as states
+from .batch_plan import plan_batch, write_plan
 from .build import (
     build_datasets,
     build_model,
@@ -44,6 +45,7 @@ from .build import (
     compile_for_training,
     eval_loader,
     make_accelerator,
+    write_split,
 )
 from .evaluate import format_summary, metrics, predict_dataset, run_evaluation
 from .optim import build_optimizer, lr_factor, set_lr
@@ -193,6 +195,7 @@ def train(
     """
     check_allow_changes(allow_changes, to_dict(cfg), resume)
     accelerator = make_accelerator(cfg)
+    cfg, batch_plan = plan_batch(cfg, accelerator, resume=bool(resume))  # train.batch_size: auto; before any model
     accelerator.print(f"world size: {accelerator.num_processes} ({accelerator.device}, "
                       f"mixed precision {cfg.train.mixed_precision})")
     if cfg.train.distributed == "fsdp":
@@ -202,6 +205,8 @@ def train(
     on_main(accelerator, lock.acquire)  # held by the main process until the run ends, however it ends
     try:
         state = _resume_point(cfg, accelerator, resume, overwrite, allow_changes)
+        if batch_plan is not None and accelerator.is_main_process:
+            write_plan(batch_plan, cfg.output_dir)
         run = _build_run(cfg, accelerator)
         if state is not None:
             _restore(run, state)
@@ -262,6 +267,9 @@ def _build_run(cfg: Config, accelerator: Accelerator) -> Run:
         d = cfg.data
         on_main(accelerator, lambda: ensure_demo_data(d.root, seed=cfg.seed,
                                                       annotations=(d.train_annotations, d.val_annotations)))
+    if cfg.data.val_annotations is None and not cfg.data.shards:  # held-out training videos: written, or reused
+        on_main(accelerator, lambda: accelerator.print(write_split(cfg).summary))
+        accelerator.wait_for_everyone()
     train_ds, val_ds, test_ds = build_datasets(cfg, accelerator.process_index, accelerator.num_processes)
     classes = list(train_ds.classes)
     num_classes = cfg.model.num_classes or len(classes)
