@@ -86,22 +86,27 @@ class BatchPlan:
                 f"{self.memory_source})")
 
 
+# The planner's rows already traced in this process, by (planner inputs, batch, checkpointing):
+# a row depends on neither the memory nor the run, and a trace of a full-size model takes seconds.
+_ROWS: dict[tuple[str, int, bool], PlanRow] = {}
+
+
 class _Peaks:
-    """The planner's row for (batch, checkpointing), each traced once."""
+    """The planner's row for (batch, checkpointing) of one model, clip, precision and strategy."""
 
     def __init__(self, model: str, clip: tuple[int, ...], processes: int, precision: str, attention: str,
                  strategy: str, num_classes: int, model_options: dict[str, Any]) -> None:
         self.args = dict(model=model, clip=clip, gpus=processes, precision=precision, attention=attention,
                          num_classes=num_classes, model_options=model_options)
         self.strategy = strategy
-        self.rows: dict[tuple[int, bool], PlanRow] = {}
+        self._key = json.dumps([self.args, strategy], sort_keys=True)
 
     def __call__(self, batch: int, checkpointing: bool) -> PlanRow:
-        key = (batch, checkpointing)
-        if key not in self.rows:
+        key = (self._key, batch, checkpointing)
+        if key not in _ROWS:
             plan = plan_memory(**self.args, batch=batch, checkpointing=(checkpointing,))
-            self.rows[key] = next(r for r in plan.rows if r.strategy == self.strategy)
-        return self.rows[key]
+            _ROWS[key] = next(r for r in plan.rows if r.strategy == self.strategy)
+        return _ROWS[key]
 
 
 def choose_batch(peaks: _Peaks, *, global_batch: int, processes: int, memory_gib: float,
