@@ -31,7 +31,8 @@ PROG = "video-swin"
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 EVALUATE_EPILOG = """\
-The config defines the model and the data (data.val_annotations is scored);
+The config defines the model and the data (data.val_annotations is scored; null:
+the split a training run wrote, OUTPUT_DIR/split/val.txt);
 the checkpoint supplies the weights: our .safetensors files, or official Video
 Swin / torchvision swin3d state dicts. Class names come from the checkpoint's
 sidecar, else from the config. Writes OUT/metrics.json, OUT/predictions.csv

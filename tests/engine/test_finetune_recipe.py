@@ -80,6 +80,12 @@ def test_one_command_trains_on_class_folders_with_a_split_of_them(folders, tmp_p
     assert load_file(out / "model.safetensors")["head.weight"].shape == (4, 16)
     saved = (out / "config.yaml").read_text()
     assert "val_annotations: null" in saved and "classes_found: 4" in saved
+    # evaluating the run with the same command line scores its held-out videos
+    sets = [f"{k}={v}" for k, v in TINY.items()] + [f"output_dir={out}", f"data.root={folders}"]
+    assert main(["evaluate", "--config", "finetune.yaml", "--set", *sets, "--checkpoint", str(out / "model.safetensors"),
+                 "--views", "1x1", "--out", str(tmp_path / "eval")]) == 0
+    scored = (tmp_path / "eval" / "predictions.csv").read_text()
+    assert all(path.split("/")[-1] in scored for path in val_list) and len(scored.splitlines()) == 1 + 4
 
 
 def test_resume_reuses_the_split_and_the_batch_plan_and_reaches_the_uninterrupted_weights(folders, tmp_path, capsys):
