@@ -386,8 +386,9 @@ def config_classes(cfg: Config) -> list[str]:
         return read_class_file(d.classes)
     if Path(d.train_annotations).exists():
         return class_names(d.train_annotations)
-    log.warning("%s not found; taking the class list from %s", d.train_annotations, d.val_annotations)
-    return class_names(d.val_annotations)
+    val = annotation_files(cfg)[1]  # with data.val_annotations: null, the run's split
+    log.warning("%s not found; taking the class list from %s", d.train_annotations, val)
+    return class_names(val)
 
 
 def checkpoint_classes(path: str | os.PathLike) -> list[str] | None:
