@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from video_swin.checkpoints import save_checkpoint
 from video_swin.cli import main
-from video_swin.config import load_config, to_dict
+from video_swin.config import check_paths, load_config, to_dict
 from video_swin.data.annotations import clear_scan_cache
 from video_swin.engine import build, trainer
 from video_swin.engine.batch_plan import planner_for
@@ -151,3 +151,22 @@ def test_auto_batch_with_accumulation_trains_the_planned_batch(folders, tmp_path
     assert batches == [(2, 2)] * 8  # 4 optimizer steps of 2 batches of 2 clips
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["epoch"]) for r in rows] == [(1, 0), (2, 0), (3, 1), (4, 1)]  # the split's 8 videos an epoch
+
+
+def test_the_recipe_as_shipped_passes_the_checks_with_a_registry_name(folders):
+    """`--set data.root=FOLDERS` alone: the registry name is accepted as it is (fetched when the model is built)."""
+    cfg = load_config("finetune.yaml", [f"data.root={folders}"])
+    check_paths(cfg)
+    assert cfg.model.pretrained_video == "swin3d_t.k400" and cfg.model.num_classes is None
+    assert (cfg.data.train_annotations, cfg.data.val_annotations) == (str(folders), None)
+    assert (cfg.train.batch_size, cfg.train.global_batch) == ("auto", 64)
+
+
+def test_overwrite_draws_a_new_split(folders, tmp_path):
+    weights = pretrained(tmp_path)
+    out = tmp_path / "run"
+    assert train(folders, out, weights, "train.max_steps=2") == 0
+    first = listed(out / "split" / "val.txt")
+    assert train(folders, out, weights, "train.max_steps=2", "data.split_seed=1", "--overwrite") == 0
+    second = listed(out / "split" / "val.txt")
+    assert first != second and len(first) == len(second) == 4
