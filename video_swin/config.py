@@ -544,7 +544,8 @@ def check_paths(cfg: Config, *, evaluation: bool = False) -> None:
         split = Path(cfg.output_dir) / "split" / "val.txt"
         if not split.is_file():
             raise ConfigError(f"data.val_annotations: null, and {split} (the validation split a training run "
-                              f"writes into output_dir) does not exist; give data.val_annotations or the run's output_dir")
+                              f"writes into output_dir) does not exist; give data.val_annotations or the run's "
+                              f"output_dir")
     elif evaluation and not cfg.data.shards:
         files["data.val_annotations"] = cfg.data.val_annotations
     else:

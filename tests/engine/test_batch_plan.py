@@ -89,7 +89,8 @@ def test_one_clip_too_large_is_a_one_line_error_before_the_model_is_built(tiny_d
     sets = tiny_overrides(tiny_data, out, **{"train.batch_size": "auto", "train.global_batch": 8})
     assert main(["train", "--config", "demo.yaml", "--set", *sets]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: train.batch_size auto: one clip (4x32x32, swin3d_t, fp32) needs") and err.count("\n") == 1
+    assert err.startswith("error: train.batch_size auto: one clip (4x32x32, swin3d_t, fp32) needs")
+    assert err.count("\n") == 1
     assert "even with activation checkpointing, more than the 0.0 GiB usable of 0.0 GiB (available RAM)" in err
     assert not out.exists()  # refused before the run folder, the data and the model
 

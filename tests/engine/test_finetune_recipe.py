@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from video_swin.checkpoints import save_checkpoint
 from video_swin.cli import main
-from video_swin.config import check_paths, load_config, to_dict
+from video_swin.config import ConfigError, check_paths, load_config, to_dict
 from video_swin.data.annotations import clear_scan_cache
 from video_swin.engine import build, trainer
 from video_swin.engine.batch_plan import planner_for
@@ -76,14 +76,15 @@ def test_one_command_trains_on_class_folders_with_a_split_of_them(folders, tmp_p
     assert len(train_list) == 8 and len(val_list) == 4 and not set(train_list) & set(val_list)
     assert sorted({p.split("/")[0] for p in val_list}) == CLASSES  # one of each class's 3 held out
     # the training and validation sets are read from the written lists, not from the folders
-    assert read == [(str(split / "train.txt"), "train"), (str(split / "val.txt"), "val"), (str(split / "val.txt"), "test")]
+    train_file, val_file = str(split / "train.txt"), str(split / "val.txt")
+    assert read == [(train_file, "train"), (val_file, "val"), (val_file, "test")]
     assert load_file(out / "model.safetensors")["head.weight"].shape == (4, 16)
     saved = (out / "config.yaml").read_text()
     assert "val_annotations: null" in saved and "classes_found: 4" in saved
     # evaluating the run with the same command line scores its held-out videos
     sets = [f"{k}={v}" for k, v in TINY.items()] + [f"output_dir={out}", f"data.root={folders}"]
-    assert main(["evaluate", "--config", "finetune.yaml", "--set", *sets, "--checkpoint", str(out / "model.safetensors"),
-                 "--views", "1x1", "--out", str(tmp_path / "eval")]) == 0
+    assert main(["evaluate", "--config", "finetune.yaml", "--set", *sets, "--checkpoint",
+                 str(out / "model.safetensors"), "--views", "1x1", "--out", str(tmp_path / "eval")]) == 0
     scored = (tmp_path / "eval" / "predictions.csv").read_text()
     assert all(path.split("/")[-1] in scored for path in val_list) and len(scored.splitlines()) == 1 + 4
 
@@ -170,3 +171,9 @@ def test_overwrite_draws_a_new_split(folders, tmp_path):
     assert train(folders, out, weights, "train.max_steps=2", "data.split_seed=1", "--overwrite") == 0
     second = listed(out / "split" / "val.txt")
     assert first != second and len(first) == len(second) == 4
+
+
+def test_evaluating_without_val_annotations_needs_the_runs_split(folders, tmp_path):
+    cfg = load_config("finetune.yaml", [f"data.root={folders}", f"output_dir={tmp_path / 'no_run'}"])
+    with pytest.raises(ConfigError, match=r"data.val_annotations: null, and .*split/val.txt .* does not exist"):
+        check_paths(cfg, evaluation=True)

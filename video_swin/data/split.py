@@ -79,7 +79,8 @@ def stratified_split(records: Sequence[VideoRecord], classes: Sequence[str], fra
     for index in sorted(by_class):
         videos = sorted(by_class[index], key=lambda r: r.path)
         # A string seed is hashed by SHA-512 (random.seed, version 2): the same draw in every process and run.
-        held = set(random.Random(f"{seed}/{classes[index]}").sample(range(len(videos)), val_count(len(videos), fraction)))
+        rng = random.Random(f"{seed}/{classes[index]}")
+        held = set(rng.sample(range(len(videos)), val_count(len(videos), fraction)))
         for i, r in enumerate(videos):
             (val if i in held else train).append(r)
     return Split(train, val, list(classes))
@@ -180,7 +181,8 @@ def ensure_split(
     if not split.val:
         raise ConfigError(f"data.val_annotations: null, but no class of {annotations} has two videos to hold one out "
                           f"for validation; give data.val_annotations")
-    single = sorted({names[int(r.label)] for r in split.train} - {names[int(r.label)] for r in split.val})  # type: ignore[arg-type]
+    held_classes = {r.label for r in split.val}
+    single = sorted(names[int(r.label)] for r in split.train if r.label not in held_classes)  # type: ignore[arg-type]
     if single:
         logger.warning("%d class(es) have a single training video and none held out for validation: %s",
                        len(single), _names(single))  # fmt: skip
