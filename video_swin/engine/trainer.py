@@ -190,7 +190,9 @@ def train(
             or holding files that are not a run's (see
             :func:`.run_dir.prepare_folder`); a config change that breaks an
             exact resume; ``allow_changes`` without ``resume`` or naming no
-            config key.
+            config key; ``train.batch_size: auto`` where one clip does not fit
+            (before the run folder is touched); videos of a resumed run's
+            split (``data.val_annotations: null``) that are gone.
         ResumeError: the state to resume from cannot be read.
     """
     check_allow_changes(allow_changes, to_dict(cfg), resume)
