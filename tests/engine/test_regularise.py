@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from accelerate.data_loader import BatchSamplerShard
 from safetensors.torch import load_file
 from torch import nn
@@ -261,3 +262,17 @@ def test_a_frozen_backbone_runs_in_eval_mode_and_the_head_in_training_mode():
     assert not any(mode for n, mode in modes.items() if not n.startswith("head"))
     set_train_mode(model, freeze_backbone=False)
     assert all(m.training for m in model.modules())
+
+
+def test_a_run_saved_before_these_keys_existed_resumes_with_them_at_their_defaults(tmp_path):
+    from video_swin.config import to_dict
+    from video_swin.engine.run_dir import check_resume_config
+
+    new = {**to_dict(load_config("demo.yaml")), "world_size": 1}
+    old = {**new, "train": {k: v for k, v in new["train"].items() if k not in ("mixup", "ema_decay")}}
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(old))
+    assert check_resume_config(saved, new) == []
+    new["train"] = {**new["train"], "mixup": 0.8}  # switched on when resuming: a change
+    with pytest.raises(ConfigError, match=re.escape("train.mixup None -> 0.8")):
+        check_resume_config(saved, new)
