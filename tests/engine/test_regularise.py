@@ -220,6 +220,7 @@ def test_a_frozen_backbone_keeps_its_weights_bitwise_while_the_head_trains(tiny_
             assert torch.equal(before[key], after[key]), key
 
 
+@pytest.mark.slow
 def test_kill_and_resume_with_every_regulariser_gives_the_uninterrupted_weights_and_ema(tiny_data, tmp_path):
     """Mixup and CutMix, EMA, layer decay and repeated augmentation together: a run killed after
     its first state and resumed ends with the uninterrupted run's weights and EMA, bitwise."""
@@ -228,7 +229,7 @@ def test_kill_and_resume_with_every_regulariser_gives_the_uninterrupted_weights_
              "optim.layer_decay": 0.7, "data.repeated_aug": 2, "train.grad_accum_steps": 2,
              "train.batch_size": 2}  # fmt: skip
     full, cut = tmp_path / "full", tmp_path / "cut"
-    run_train(tiny_overrides(tiny_data, full, **extra))
+    uninterrupted = run_train(tiny_overrides(tiny_data, full, **extra), popen=True)  # beside the other: less wall time
     proc = run_train(tiny_overrides(tiny_data, cut, **extra), popen=True)
     deadline = time.time() + 300
     while not (cut / "checkpoints" / "step_2" / "trainer_state.json").exists():
@@ -238,6 +239,7 @@ def test_kill_and_resume_with_every_regulariser_gives_the_uninterrupted_weights_
     proc.wait()
     assert not (cut / "model.safetensors").exists(), "the run finished before it could be killed"
     run_train(tiny_overrides(tiny_data, cut, **extra), resume=True)
+    assert uninterrupted.wait(timeout=300) == 0
     for name in ("model.safetensors", "model_ema.safetensors"):
         a, b = load_file(full / name), load_file(cut / name)
         assert a.keys() == b.keys()
