@@ -220,7 +220,6 @@ def test_a_frozen_backbone_keeps_its_weights_bitwise_while_the_head_trains(tiny_
             assert torch.equal(before[key], after[key]), key
 
 
-@pytest.mark.slow
 def test_kill_and_resume_with_every_regulariser_gives_the_uninterrupted_weights_and_ema(tiny_data, tmp_path):
     """Mixup and CutMix, EMA, layer decay and repeated augmentation together: a run killed after
     its first state and resumed ends with the uninterrupted run's weights and EMA, bitwise."""
