@@ -1,8 +1,9 @@
 """Repeated augmentation (``data.repeated_aug``): each training video k times per epoch, each time augmented anew.
 
-As DeiT's RASampler: the k repeats of a video go to k different processes
-at the same position of their batches (with fewer processes than repeats,
-the rest stay in the same batch). Unlike DeiT, the epoch is not cut back to
+As DeiT's RASampler: process p of W gets items p, p + W, ... of the shuffled
+videos each followed by its k repeats, so the repeats go to different
+processes in the same or the next step (with fewer processes than repeats,
+the rest share a batch). Unlike DeiT, the epoch is not cut back to
 the dataset's size: it passes every video k times (k times the batches).
 
 Items are numbered ``r * N + i`` for repeat r of video i (N videos), so with
