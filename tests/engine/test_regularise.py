@@ -277,3 +277,12 @@ def test_a_run_saved_before_these_keys_existed_resumes_with_them_at_their_defaul
     new["train"] = {**new["train"], "mixup": 0.8}  # switched on when resuming: a change
     with pytest.raises(ConfigError, match=re.escape("train.mixup None -> 0.8")):
         check_resume_config(saved, new)
+
+
+def test_mixing_leaves_the_global_random_streams_as_they_were():
+    videos, labels = batch()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    BatchMixer(K, mixup=0.8, cutmix=1.0)(videos, labels, key=(0, 0, 0, 0))
+    assert torch.equal(torch.rand(3), expected)

@@ -69,7 +69,7 @@ class BatchMixer:
         """
         seed = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global CPU generator
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would reseed CUDA's too
             if float(torch.rand(())) >= self.prob:
                 return videos, F.one_hot(labels, self.num_classes).float()
             # As a tv_tensors.Video the 5-d batch passes torchvision's checks; Mixup is elementwise and
