@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -228,7 +229,9 @@ def test_kill_and_resume_with_every_regulariser_gives_the_uninterrupted_weights_
              "optim.layer_decay": 0.7, "data.repeated_aug": 2, "train.grad_accum_steps": 2,
              "train.batch_size": 2}  # fmt: skip
     full, cut = tmp_path / "full", tmp_path / "cut"
-    uninterrupted = run_train(tiny_overrides(tiny_data, full, **extra), popen=True)  # beside the other: less wall time
+    # beside the killed run (less wall time), and evaluated after its last step (raw weights and EMA)
+    evaluated = {**extra, "eval.final": "true", "eval.every_epochs": 1}
+    uninterrupted = run_train(tiny_overrides(tiny_data, full, **evaluated), popen=True)
     proc = run_train(tiny_overrides(tiny_data, cut, **extra), popen=True)
     deadline = time.time() + 300
     while not (cut / "checkpoints" / "step_2" / "trainer_state.json").exists():
@@ -246,6 +249,12 @@ def test_kill_and_resume_with_every_regulariser_gives_the_uninterrupted_weights_
             assert torch.equal(a[key], b[key]), (name, key)
     weights, ema = load_file(full / "model.safetensors"), load_file(full / "model_ema.safetensors")
     assert not torch.equal(weights["head.weight"], ema["head.weight"])  # an average, not a copy
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_top1" in r and "val_ema_top1" in r for r in rows)
+    assert any("test_top1" in r for r in rows) and any("test_ema_top1" in r for r in rows)
+    report = json.loads((full / "eval_ema" / "metrics.json").read_text())
+    assert report["checkpoint"] == str(full / "model_ema.safetensors")
+    assert report["top1"] == next(r["test_ema_top1"] for r in rows if "test_ema_top1" in r)
 
 
 def test_a_frozen_backbone_runs_in_eval_mode_and_the_head_in_training_mode():

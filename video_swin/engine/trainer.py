@@ -527,47 +527,51 @@ def _validate(run: Run, epoch: int) -> None:
 def _finish(run: Run) -> dict[str, Any]:
     """Final weights (with classes and config, all ``predict`` needs), the multi-view evaluation, ``curves.png``.
 
-    With ``train.ema_decay`` the EMA weights are saved too (``model_ema.safetensors``, a checkpoint like
-    the other), evaluated into ``eval_ema/`` and returned under the summary's ``"ema"`` key.
+    With ``train.ema_decay`` the EMA weights too: saved as ``model_ema.safetensors`` (a checkpoint like
+    ``model.safetensors``), evaluated into ``eval_ema/`` and returned under the summary's ``"ema"`` key.
     """
-    cfg, accelerator, out, step = run.cfg, run.accelerator, run.out, run.counters["step"]
+    cfg, accelerator, out = run.cfg, run.accelerator, run.out
     main = accelerator.is_main_process
     accelerator.wait_for_everyone()
     weights = full_state_dict(run.model) if run.shards else None  # every process takes part; process 0 gets them
-    finals = {"": (accelerator.unwrap_model(run.model), run.model)}
-    if run.ema is not None:
-        finals["ema"] = (run.ema.module, run.ema.module)
     if main:
-        for name, (module, _) in finals.items():
-            path = out / f"model{'_' + name if name else ''}.safetensors"
-            try:
-                save_checkpoint(module, path, state_dict=None if name else weights, classes=run.classes, step=step,
-                                config=to_dict(cfg))  # fmt: skip
-            except Exception as e:  # written atomically: nothing half-written is left behind
-                raise TrainingError(
-                    f"could not write the final weights {path}: {states.describe_error(e)}; "
-                    f"the training state of step {step} is in {run.checkpoints}"
-                ) from e
+        _save_weights(run, accelerator.unwrap_model(run.model), out / "model.safetensors", weights)
+        if run.ema is not None:
+            _save_weights(run, run.ema.module, out / "model_ema.safetensors")
     summary: dict[str, Any] = {}
-    row: dict[str, Any] = {"step": step, "epoch": run.schedule.num_epochs - 1}
-    for name, (_, model) in finals.items() if cfg.eval.final else ():
-        suffix = "_" + name if name else ""
-        result = run_evaluation(
-            model, run.test_loader, run.test_ds, accelerator, out / f"eval{suffix}", classes=run.classes,
-            views=cfg.eval.views, max_views=cfg.eval.max_views_per_forward, average=cfg.eval.average,
-            extra={"checkpoint": str(out / f"model{suffix}.safetensors"), "config": str(out / "config.yaml")},
-        ) or {}  # fmt: skip
-        if main:
-            row.update({f"test{suffix}_{k}": result[k] for k in ("top1", "top5", "mean_class_accuracy")})
-            accelerator.print(f"final {cfg.eval.views} evaluation{' of the EMA weights' if name else ''}:\n"
-                              f"{format_summary(result)}")
-        if name:
-            summary["ema"] = result
-        else:
-            summary = {**result, **summary}
-    if main and len(row) > 2:
-        run.metrics_log.write(row)
+    if cfg.eval.final:
+        summary = _final_evaluation(run, run.model, "")
+        if run.ema is not None:
+            summary["ema"] = _final_evaluation(run, run.ema.module, "_ema")
     if main:
         plot_curves(out / "metrics.jsonl", out / "curves.png")
     accelerator.end_training()
+    return summary
+
+
+def _save_weights(run: Run, model: nn.Module, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    step = run.counters["step"]
+    try:
+        save_checkpoint(model, path, state_dict=state_dict, classes=run.classes, step=step, config=to_dict(run.cfg))
+    except Exception as e:  # written atomically: nothing half-written is left behind
+        raise TrainingError(
+            f"could not write the final weights {path}: {states.describe_error(e)}; "
+            f"the training state of step {step} is in {run.checkpoints}"
+        ) from e
+
+
+def _final_evaluation(run: Run, model: nn.Module, suffix: str) -> dict[str, Any]:
+    """The multi-view evaluation of ``model`` into ``eval{suffix}/``, logged as ``test{suffix}_*``; its summary
+    (empty on processes other than the main one)."""
+    cfg, accelerator, out = run.cfg, run.accelerator, run.out
+    summary = run_evaluation(
+        model, run.test_loader, run.test_ds, accelerator, out / f"eval{suffix}", classes=run.classes,
+        views=cfg.eval.views, max_views=cfg.eval.max_views_per_forward, average=cfg.eval.average,
+        extra={"checkpoint": str(out / f"model{suffix}.safetensors"), "config": str(out / "config.yaml")},
+    ) or {}  # fmt: skip
+    if accelerator.is_main_process:
+        run.metrics_log.write({"step": run.counters["step"], "epoch": run.schedule.num_epochs - 1,
+                               **{f"test{suffix}_{k}": summary[k] for k in ("top1", "top5", "mean_class_accuracy")}})
+        accelerator.print(f"final {cfg.eval.views} evaluation{' of the EMA weights' if suffix else ''}:\n"
+                          f"{format_summary(summary)}")
     return summary
