@@ -291,6 +291,10 @@ def _build_run(cfg: Config, accelerator: Accelerator) -> Run:
     o = cfg.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, o.backbone_lr_mult, tuple(o.betas), o.eps,
                                 layer_decay=o.layer_decay)
+    if o.layer_decay is not None:
+        lowest = min(g["base_lr"] for g in optimizer.param_groups) / o.lr
+        accelerator.print(f"optim.layer_decay {o.layer_decay}: learning rates from lr x{lowest:.3g} (first layer "
+                          f"trained) to lr (head); optim.backbone_lr_mult is not used")
     if isinstance(train_ds, ShardDataset):
         # Not prepared: accelerate's prepare_data_loader wraps an IterableDataset in IterableDatasetShard,
         # which makes every process read every shard and keep its share of each batch. The shard datasets
