@@ -149,8 +149,8 @@ def test_repeated_augmentation_order_depends_on_seed_and_epoch_and_spreads_repea
     assert list(sampler) != order
     sampler.set_epoch(1)
     # what each process gets from accelerate's prepared loader
-    streams = [[i for batch_ in BatchSamplerShard(BatchSampler(sampler, b, drop_last=True), processes, p) for i in batch_]
-               for p in range(processes)]  # fmt: skip
+    batches = BatchSampler(sampler, b, drop_last=True)
+    streams = [[i for batch_ in BatchSamplerShard(batches, processes, p) for i in batch_] for p in range(processes)]
     assert sorted(i for stream in streams for i in stream) == list(range(n * k))
     steps = {}
     for p, stream in enumerate(streams):

@@ -54,7 +54,9 @@ class BatchMixer:
             raise ValueError("BatchMixer needs mixup > 0 or cutmix > 0")
         self.transform = kinds[0] if len(kinds) == 1 else v2.RandomChoice(kinds, p=weights)
 
-    def __call__(self, videos: torch.Tensor, labels: torch.Tensor, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, videos: torch.Tensor, labels: torch.Tensor, key: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixes one batch.
 
         Args:
