@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 # Parameters and modules whose names start with this are the classifier; everything else is the backbone.
 HEAD = "head"
@@ -41,6 +39,8 @@ class BatchMixer:
 
     def __init__(self, num_classes: int, mixup: float, cutmix: float, prob: float = 1.0,
                  switch_prob: float = 0.5) -> None:
+        from torchvision.transforms import v2  # on use: importing torchvision takes a second or more
+
         self.num_classes, self.prob = num_classes, prob
         kinds: list[v2.Transform] = []
         weights: list[float] = []
@@ -69,6 +69,8 @@ class BatchMixer:
             The mixed clips ``Tensor[B, 3, T, H, W]`` (new tensors; the inputs are not modified) and
             the soft targets ``Tensor[B, K]`` float, each row summing to one.
         """
+        from torchvision.tv_tensors import Video
+
         seed = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):  # torchvision draws from the global CPU generator
             torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed would reseed CUDA's too
@@ -76,7 +78,7 @@ class BatchMixer:
                 return videos, F.one_hot(labels, self.num_classes).float()
             # As a tv_tensors.Video the 5-d batch passes torchvision's checks; Mixup is elementwise and
             # CutMix cuts the last two dims (H, W) across all frames, so the (C, T) order does not matter.
-            mixed, targets = self.transform(tv_tensors.Video(videos), labels)
+            mixed, targets = self.transform(Video(videos), labels)
         return mixed.as_subclass(torch.Tensor), targets
 
 
