@@ -107,6 +107,9 @@ class DataConfig:
     # local paths and globs, pipe: commands, http(s)/gs/hf URLs, fsspec URLs such as s3://...
     shards: str | None = None
     shuffle_buffer: int = 64  # raw (undecoded) shard samples each loader worker shuffles among
+    # Repeated augmentation (DeiT): each training video k times per epoch, each time with its own
+    # random clip and crop; an epoch is k times as many batches. 1: off. Files only (not shards).
+    repeated_aug: int = 1
 
 
 @dataclass
@@ -124,6 +127,14 @@ class TrainConfig:
     distributed: Distributed = "ddp"  # how several processes share the model: replicas, or shards (fsdp)
     max_grad_norm: float | None = None
     label_smoothing: float = 0.0
+    # Mixup / CutMix of training batches (torchvision.transforms.v2): Beta(alpha, alpha); 0 = off.
+    # mix_prob: the chance a batch is mixed; mix_switch_prob: CutMix's share when both are on.
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    mix_switch_prob: float = 0.5
+    ema_decay: float | None = None  # EMA of the weights, updated after each optimizer step; None = off
+    freeze_backbone: bool = False  # linear probe: only the head trains, the backbone in eval mode
     save_every_steps: int = 1000
     keep_last: int = 2
     log_every_steps: int = 10
@@ -152,6 +163,9 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.02
     backbone_lr_mult: float = 0.1
+    # Layer-wise lr decay over the Swin stages (BEiT/VideoMAE): head lr, last stage lr*d, ...,
+    # patch embedding lr*d^(stages+1); replaces backbone_lr_mult when set. None = off.
+    layer_decay: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
 
@@ -504,6 +518,7 @@ def validate(cfg: Config) -> None:
                           f"got {cfg.data.shards!r}")
     if cfg.data.rand_augment is not None and len(cfg.data.rand_augment) != 2:
         raise ConfigError(f"data.rand_augment: expected [n, m], got {cfg.data.rand_augment!r}")
+    _validate_regularisers(cfg)
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas: expected two values in [0, 1), got {cfg.optim.betas!r}")
     parse_views(cfg.eval.views)
@@ -514,6 +529,27 @@ def validate(cfg: Config) -> None:
         close = difflib.get_close_matches(cfg.model.name, list_models(), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f"; one of {list_models()}"
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}{hint}")
+
+
+def _validate_regularisers(cfg: Config) -> None:
+    """The fine-tuning regularisers' ranges (docs/TRAINING.md, "Regularisers for small datasets")."""
+    t = cfg.train
+    for key, value in (("train.mixup", t.mixup), ("train.cutmix", t.cutmix)):
+        _positive(key, value, allow_zero=True)
+    for key, value in (("train.mix_prob", t.mix_prob), ("train.mix_switch_prob", t.mix_switch_prob)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key}: must be in [0, 1], got {value!r}")
+    if t.ema_decay is not None and not 0.0 < t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must be in (0, 1) or null, got {t.ema_decay!r}")
+    if t.ema_decay is not None and t.distributed == "fsdp":
+        raise ConfigError("train.ema_decay: not available with train.distributed: fsdp (the EMA copy is not sharded)")
+    layer_decay = cfg.optim.layer_decay
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ConfigError(f"optim.layer_decay: must be in (0, 1] or null, got {layer_decay!r}")
+    if cfg.data.repeated_aug < 1:
+        raise ConfigError(f"data.repeated_aug: must be >= 1 (1 = off), got {cfg.data.repeated_aug!r}")
+    if cfg.data.repeated_aug > 1 and (cfg.data.shards or cfg.data.pipeline != "native"):
+        raise ConfigError("data.repeated_aug: needs data.pipeline: native reading files (not data.shards)")
 
 
 def is_shard_folder(shards: str) -> bool:

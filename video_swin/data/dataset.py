@@ -201,7 +201,15 @@ class VideoDataset(Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict:
-        """One sample.
+        """One sample, drawn with the randomness of the current epoch (see :meth:`get`)."""
+        return self.get(index)
+
+    def get(self, index: int, epoch: int | None = None) -> dict:
+        """One sample; in training its randomness is that of ``(seed, epoch, index)``.
+
+        ``epoch`` defaults to the one :meth:`set_epoch` set; repeated
+        augmentation (:class:`~video_swin.data.repeated.RepeatedVideos`) passes
+        another one for each repeat of a video, so that each gets its own clip and crop.
 
         Returns:
             ``{"video": float32 Tensor[3, T, S, S] (train) or Tensor[V, 3, T, S, S]
@@ -222,12 +230,12 @@ class VideoDataset(Dataset):
                 return self._sample(index, self._zero_video(), valid=False, failures=[failure])
             return self._sample(index, video)
         failures: list[DecodeFailure] = []
-        target = index
+        target, epoch = index, self.epoch if epoch is None else int(epoch)
         for attempt in range(self.max_attempts):
             if attempt > 0:
-                target = self._replacement(index, attempt)
+                target = self._replacement(index, attempt, epoch)
             try:
-                video = self._load(target, [self.seed, self.epoch, index, attempt])[0]
+                video = self._load(target, [self.seed, epoch, index, attempt])[0]
             except DecodeError as exc:
                 self._record_failure(exc)
                 failures.append(DecodeFailure(self.records[target].path, exc.reason))
@@ -254,10 +262,10 @@ class VideoDataset(Dataset):
         shape = (self.num_views, 3, self.clip_len, self.crop_size, self.crop_size)
         return torch.zeros(shape, dtype=torch.uint8 if self.transform.output == "uint8" else torch.float32)
 
-    def _replacement(self, index: int, attempt: int) -> int:
+    def _replacement(self, index: int, attempt: int, epoch: int) -> int:
         if len(self) == 1:
             return index
-        rng = np.random.default_rng([self.seed, self.epoch, index, attempt, 2])
+        rng = np.random.default_rng([self.seed, epoch, index, attempt, 2])
         return int((index + 1 + rng.integers(len(self) - 1)) % len(self))  # any index but `index`
 
     def _record_failure(self, exc: DecodeError) -> None:

@@ -38,6 +38,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from .._version import __version__
+from ..config import Config, to_dict
 from ..errors import ConfigError
 from ..outputs import LOCK_FILE, RunLock  # noqa: F401  (RunLock lives with the other output checks; named here too)
 
@@ -230,11 +231,16 @@ def _covered(key: str, names: Iterable[str]) -> bool:
 
 
 def config_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
-    """``(key, saved value, new value)`` for every config or run key that differs (nested data in, dotted keys out)."""
-    a, b = flat(saved), flat(new)
+    """``(key, saved value, new value)`` for every config or run key that differs (nested data in, dotted keys out).
+
+    A key that the saved config lacks (written by a version before the key existed) and that the new
+    config leaves at its default is no change: every new key's default keeps the earlier behaviour.
+    """
+    a, b, defaults = flat(saved), flat(new), flat(to_dict(Config()))
     keys = [k for k in dict.fromkeys([*a, *b]) if _covered(k, ("seed", "model", "data", "train", "optim", "sched",
                                                                 "eval", "output_dir", *RUN_KEYS))]  # fmt: skip
-    return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
+    return [(k, a.get(k), b.get(k)) for k in keys
+            if a.get(k) != b.get(k) and not (k not in a and k in defaults and b.get(k) == defaults[k])]
 
 
 def check_allow_changes(allow: Iterable[str], config: Mapping[str, Any], resume: bool | str) -> None:

@@ -34,6 +34,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..checkpoints import save_checkpoint
 from ..config import Config, to_dict
 from ..data import BrokenVideoLog, clips_to_float, ensure_demo_data
+from ..data.repeated import RepeatedAugmentationSampler, RepeatedVideos
 from ..data.shards import ShardDataset, ShardLoader
 from ..errors import Preempted, ResumeError, TrainingError
 from . import state as states
@@ -51,6 +52,7 @@ from .evaluate import format_summary, metrics, predict_dataset, run_evaluation
 from .optim import build_optimizer, lr_factor, set_lr
 from .plots import plot_curves
 from .preemption import StopSignals
+from .regularise import BatchMixer, freeze_backbone, make_ema, set_train_mode
 from .run_dir import MARKER, RunLock, check_resume_config, check_allow_changes, flat, on_main, prepare_folder
 from .sharding import check_can_shard, full_state_dict, shard_model
 
@@ -74,8 +76,10 @@ class EpochSampler(Sampler[int]):
         return self.num_samples
 
 
-def _train_loader(ds: Any, cfg: Config, device: torch.device | str | None = None) -> DataLoader | ShardLoader:
-    """The training loader: shuffled by :class:`EpochSampler`; a :class:`ShardLoader` (on ``device``) for shards."""
+def _train_loader(ds: Any, cfg: Config, device: torch.device | str | None = None,
+                  num_processes: int = 1) -> DataLoader | ShardLoader:
+    """The training loader: shuffled by :class:`EpochSampler` (with ``data.repeated_aug``, each video k times:
+    :mod:`~video_swin.data.repeated`); a :class:`ShardLoader` (on ``device``) for shards."""
     kwargs: dict[str, Any] = dict(batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
                                   pin_memory=torch.cuda.is_available(), drop_last=True, collate_fn=collate_fn(cfg))
     # Iterator seeds come from this generator, not the global RNG, so that
@@ -83,6 +87,10 @@ def _train_loader(ds: Any, cfg: Config, device: torch.device | str | None = None
     kwargs["generator"] = torch.Generator().manual_seed(cfg.seed)
     if isinstance(ds, ShardDataset):  # whole batches per worker by construction; order, resume: see .data.shards
         return ShardLoader(DataLoader(ds, **kwargs), device)
+    if cfg.data.repeated_aug > 1:  # map-style files only (config.validate)
+        k = cfg.data.repeated_aug
+        sampler = RepeatedAugmentationSampler(len(ds), k, cfg.seed, cfg.train.batch_size, num_processes)
+        return DataLoader(RepeatedVideos(ds, k), sampler=sampler, **kwargs)
     if not isinstance(ds, IterableDataset):
         kwargs["sampler"] = EpochSampler(len(ds), cfg.seed)
     return DataLoader(ds, **kwargs)
@@ -154,6 +162,9 @@ class Run:
     # torch.compile of ``model`` (``train.compile``), which only the training steps call: states,
     # final weights and evaluations use ``model``, so they are those of an uncompiled run
     compiled: nn.Module | None = None
+    mixer: BatchMixer | None = None  # train.mixup / train.cutmix
+    # train.ema_decay: the average of the (unwrapped) model's weights, saved in every state
+    ema: torch.optim.swa_utils.AveragedModel | None = None
 
     @property
     def step_model(self) -> nn.Module:
@@ -282,11 +293,18 @@ def _build_run(cfg: Config, accelerator: Accelerator) -> Run:
         (out / "classes.txt").write_text("".join(c + "\n" for c in classes))
 
     model = build_model(cfg, num_classes, accelerator)
+    if cfg.train.freeze_backbone:  # before sharding and the optimizer, which then hold the head's parameters only
+        accelerator.print(f"train.freeze_backbone: {freeze_backbone(model):,} backbone parameters frozen")
     fsdp = cfg.train.distributed == "fsdp"
     if fsdp:  # before the optimizer, which must hold the shards
         model = shard_model(model, accelerator.device, accelerator.num_processes, cfg.train.mixed_precision)
     o = cfg.optim
-    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.backbone_lr_mult, tuple(o.betas), o.eps)
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, o.backbone_lr_mult, tuple(o.betas), o.eps,
+                                layer_decay=o.layer_decay)
+    if o.layer_decay is not None:
+        lowest = min(g["base_lr"] for g in optimizer.param_groups) / o.lr
+        accelerator.print(f"optim.layer_decay {o.layer_decay}: learning rates from lr x{lowest:.3g} (first layer "
+                          f"trained) to lr (head); optim.backbone_lr_mult is not used")
     if isinstance(train_ds, ShardDataset):
         # Not prepared: accelerate's prepare_data_loader wraps an IterableDataset in IterableDatasetShard,
         # which makes every process read every shard and keep its share of each batch. The shard datasets
@@ -297,7 +315,8 @@ def _build_run(cfg: Config, accelerator: Accelerator) -> Run:
         if not fsdp:
             model, optimizer = accelerator.prepare(model, optimizer)
     else:
-        loaders = (_train_loader(train_ds, cfg), eval_loader(val_ds, cfg), eval_loader(test_ds, cfg))
+        loaders = (_train_loader(train_ds, cfg, num_processes=accelerator.num_processes), eval_loader(val_ds, cfg),
+                   eval_loader(test_ds, cfg))
         if fsdp:  # accelerate would wrap a sharded model in DDP (see .sharding): it prepares the loaders only
             train_loader, val_loader, test_loader = accelerator.prepare(*loaders)
         else:
@@ -309,6 +328,12 @@ def _build_run(cfg: Config, accelerator: Accelerator) -> Run:
     # Last, over the prepared (or sharded) model. Evaluations stay eager: each of their
     # shapes (views per forward, a last smaller batch) and eval mode would be another compile.
     run.compiled = compile_for_training(model, cfg.train.compile, accelerator)
+    t = cfg.train
+    if t.mixup or t.cutmix:
+        run.mixer = BatchMixer(num_classes, t.mixup, t.cutmix, t.mix_prob, t.mix_switch_prob)
+    if t.ema_decay is not None:  # on the device, after prepare; restored by load_state with the model
+        run.ema = make_ema(accelerator.unwrap_model(model), t.ema_decay)
+        accelerator.register_for_checkpointing(run.ema)
     return run
 
 
@@ -349,7 +374,7 @@ def _train_loop(run: Run) -> None:
     bar = tqdm(total=schedule.total_steps, initial=counters["step"], desc="train",
                disable=not accelerator.is_main_process, dynamic_ncols=True)  # fmt: skip
     stats = _StepStats()
-    run.model.train()
+    _train_mode(run)
     # The bar is closed before an error propagates, so the error is the last line printed;
     # log lines (broken videos) go above the bar instead of through it.
     with contextlib.closing(bar), logging_redirect_tqdm(), StopSignals(below_bar=not bar.disable) as stop:
@@ -363,7 +388,12 @@ def _train_loop(run: Run) -> None:
             every = cfg.eval.every_epochs
             if every and ((epoch + 1) % every == 0 or counters["step"] >= schedule.total_steps):
                 _validate(run, epoch)
+                _train_mode(run)  # the evaluation left the whole model in training mode
             _stop_if_asked(run, stop, saved=False)  # a signal during the validation: the state after it
+
+
+def _train_mode(run: Run) -> None:
+    set_train_mode(run.accelerator.unwrap_model(run.model), run.cfg.train.freeze_backbone)
 
 
 def _train_epoch(run: Run, epoch: int, broken: BrokenVideoLog, bar: tqdm, stats: _StepStats,
@@ -389,7 +419,7 @@ def _train_epoch(run: Run, epoch: int, broken: BrokenVideoLog, bar: tqdm, stats:
             loader.set_epoch(epoch)
     for batch in loader:
         broken.update(batch)
-        _forward_backward(run, batch, stats)
+        _forward_backward(run, batch, stats, epoch)
         counters["batches_in_epoch"] += 1
         stats.clips += batch["video"].shape[0] * accelerator.num_processes
         if not accelerator.sync_gradients:
@@ -401,17 +431,23 @@ def _train_epoch(run: Run, epoch: int, broken: BrokenVideoLog, bar: tqdm, stats:
     return True
 
 
-def _forward_backward(run: Run, batch: dict[str, Any], stats: _StepStats) -> None:
-    """Loss and gradients of one batch; at the end of an accumulation cycle, the optimizer step.
+def _forward_backward(run: Run, batch: dict[str, Any], stats: _StepStats, epoch: int) -> None:
+    """Loss and gradients of one batch (Mixup/CutMix'ed if configured); at the end of an accumulation
+    cycle, the optimizer step and the EMA's update.
 
     A non-finite loss on any process marks the whole cycle bad: its
     gradients are dropped and the optimizer step is skipped everywhere.
     """
     cfg, accelerator, optimizer = run.cfg, run.accelerator, run.optimizer
+    videos = clips_to_float(batch["video"])  # uint8 clips (data.output) normalised here
+    targets = batch["label"]  # (B,) class indices, or (B, K) soft targets once mixed
+    if run.mixer is not None:  # its randomness: a function of the batch's place in the run (exact resume)
+        key = (cfg.seed, epoch, run.counters["batches_in_epoch"], accelerator.process_index)
+        videos, targets = run.mixer(videos, targets, key)
     with accelerator.accumulate(run.model):
         with accelerator.autocast():  # a prepared (DDP) model autocasts itself; a sharded one is not prepared
-            logits = run.step_model(clips_to_float(batch["video"]))  # uint8 clips (data.output) normalised here
-        loss = F.cross_entropy(logits.float(), batch["label"], label_smoothing=cfg.train.label_smoothing)
+            logits = run.step_model(videos)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.train.label_smoothing)
         losses = accelerator.gather(loss.detach()[None])  # (world,)
         if torch.isfinite(losses).all():
             accelerator.backward(loss)
@@ -426,6 +462,8 @@ def _forward_backward(run: Run, batch: dict[str, Any], stats: _StepStats) -> Non
             set_lr(optimizer, run.schedule.lr_factor(run.counters["step"]))
             if not stats.bad_cycle:
                 optimizer.step()
+                if run.ema is not None:
+                    run.ema.update_parameters(accelerator.unwrap_model(run.model))
             optimizer.zero_grad(set_to_none=True)
 
 
@@ -484,43 +522,70 @@ def _stop_if_asked(run: Run, stop: StopSignals, *, saved: bool) -> None:
 
 
 def _validate(run: Run, epoch: int) -> None:
-    """Single-view top-1/top-5 on the validation set, logged to ``metrics.jsonl`` and the trackers."""
+    """Single-view top-1/top-5 on the validation set, logged to ``metrics.jsonl`` and the trackers
+    (with ``train.ema_decay``, the EMA's too, as ``val_ema_*``)."""
     cfg, step = run.cfg, run.counters["step"]
-    result = predict_dataset(run.model, run.val_loader, run.accelerator, max_views=cfg.eval.max_views_per_forward,
-                             average=cfg.eval.average, desc="val")  # fmt: skip
-    val = metrics(result, run.num_classes)
-    run.metrics_log.write({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in val.items()}})
-    run.accelerator.log({f"val/{k}": v for k, v in val.items()}, step=step)
-    run.accelerator.print(f"epoch {epoch}: val top-1 {val['top1']:.1f}% (1 view)")
+    row: dict[str, Any] = {"step": step, "epoch": epoch}
+    for prefix, model in (("", run.model), ("ema_", run.ema.module if run.ema is not None else None)):
+        if model is None:
+            continue
+        result = predict_dataset(model, run.val_loader, run.accelerator, max_views=cfg.eval.max_views_per_forward,
+                                 average=cfg.eval.average, desc=f"val{' ema' if prefix else ''}")  # fmt: skip
+        val = metrics(result, run.num_classes)
+        row.update({f"val_{prefix}{k}": v for k, v in val.items()})
+        run.accelerator.log({f"val/{prefix}{k}": v for k, v in val.items()}, step=step)
+        run.accelerator.print(f"epoch {epoch}: val top-1 {val['top1']:.1f}% (1 view{', EMA' if prefix else ''})")
+    run.metrics_log.write(row)
 
 
 def _finish(run: Run) -> dict[str, Any]:
-    """Final weights (with classes and config, all ``predict`` needs), the multi-view evaluation, ``curves.png``."""
-    cfg, accelerator, out, step = run.cfg, run.accelerator, run.out, run.counters["step"]
+    """Final weights (with classes and config, all ``predict`` needs), the multi-view evaluation, ``curves.png``.
+
+    With ``train.ema_decay`` the EMA weights too: saved as ``model_ema.safetensors`` (a checkpoint like
+    ``model.safetensors``), evaluated into ``eval_ema/`` and returned under the summary's ``"ema"`` key.
+    """
+    cfg, accelerator, out = run.cfg, run.accelerator, run.out
     main = accelerator.is_main_process
     accelerator.wait_for_everyone()
     weights = full_state_dict(run.model) if run.shards else None  # every process takes part; process 0 gets them
     if main:
-        try:
-            save_checkpoint(accelerator.unwrap_model(run.model), out / "model.safetensors", state_dict=weights,
-                            classes=run.classes, step=step, config=to_dict(cfg))  # fmt: skip
-        except Exception as e:  # written atomically: nothing half-written is left behind
-            raise TrainingError(
-                f"could not write the final weights {out / 'model.safetensors'}: {states.describe_error(e)}; "
-                f"the training state of step {step} is in {run.checkpoints}"
-            ) from e
+        _save_weights(run, accelerator.unwrap_model(run.model), out / "model.safetensors", weights)
+        if run.ema is not None:
+            _save_weights(run, run.ema.module, out / "model_ema.safetensors")
     summary: dict[str, Any] = {}
     if cfg.eval.final:
-        summary = run_evaluation(
-            run.model, run.test_loader, run.test_ds, accelerator, out / "eval", classes=run.classes,
-            views=cfg.eval.views, max_views=cfg.eval.max_views_per_forward, average=cfg.eval.average,
-            extra={"checkpoint": str(out / "model.safetensors"), "config": str(out / "config.yaml")},
-        ) or {}  # fmt: skip
-        if main:
-            run.metrics_log.write({"step": step, "epoch": run.schedule.num_epochs - 1,
-                                   **{f"test_{k}": summary[k] for k in ("top1", "top5", "mean_class_accuracy")}})
-            accelerator.print(f"final {cfg.eval.views} evaluation:\n{format_summary(summary)}")
+        summary = _final_evaluation(run, run.model, "")
+        if run.ema is not None:
+            summary["ema"] = _final_evaluation(run, run.ema.module, "_ema")
     if main:
         plot_curves(out / "metrics.jsonl", out / "curves.png")
     accelerator.end_training()
+    return summary
+
+
+def _save_weights(run: Run, model: nn.Module, path: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    step = run.counters["step"]
+    try:
+        save_checkpoint(model, path, state_dict=state_dict, classes=run.classes, step=step, config=to_dict(run.cfg))
+    except Exception as e:  # written atomically: nothing half-written is left behind
+        raise TrainingError(
+            f"could not write the final weights {path}: {states.describe_error(e)}; "
+            f"the training state of step {step} is in {run.checkpoints}"
+        ) from e
+
+
+def _final_evaluation(run: Run, model: nn.Module, suffix: str) -> dict[str, Any]:
+    """The multi-view evaluation of ``model`` into ``eval{suffix}/``, logged as ``test{suffix}_*``; its summary
+    (empty on processes other than the main one)."""
+    cfg, accelerator, out = run.cfg, run.accelerator, run.out
+    summary = run_evaluation(
+        model, run.test_loader, run.test_ds, accelerator, out / f"eval{suffix}", classes=run.classes,
+        views=cfg.eval.views, max_views=cfg.eval.max_views_per_forward, average=cfg.eval.average,
+        extra={"checkpoint": str(out / f"model{suffix}.safetensors"), "config": str(out / "config.yaml")},
+    ) or {}  # fmt: skip
+    if accelerator.is_main_process:
+        run.metrics_log.write({"step": run.counters["step"], "epoch": run.schedule.num_epochs - 1,
+                               **{f"test{suffix}_{k}": summary[k] for k in ("top1", "top5", "mean_class_accuracy")}})
+        accelerator.print(f"final {cfg.eval.views} evaluation{' of the EMA weights' if suffix else ''}:\n"
+                          f"{format_summary(summary)}")
     return summary
