@@ -139,8 +139,8 @@ def test_auto_batch_with_accumulation_trains_the_planned_batch(folders, tmp_path
     memory = (two + four) / 2 / (1 - HEADROOM) / GIB
     batches = []
     original = trainer._forward_backward
-    monkeypatch.setattr(trainer, "_forward_backward", lambda run, batch, stats: batches.append(
-        (batch["video"].shape[0], run.accelerator.gradient_accumulation_steps)) or original(run, batch, stats))
+    monkeypatch.setattr(trainer, "_forward_backward", lambda run, batch, *rest: batches.append(
+        (batch["video"].shape[0], run.accelerator.gradient_accumulation_steps)) or original(run, batch, *rest))
     out = tmp_path / "run"
     assert train(folders, out, pretrained(tmp_path), f"train.memory={memory}") == 0
     assert ("train.batch_size auto: 2 clips per device x 1 process(es) x 2 accumulation step(s) = 4 clips per "
