@@ -205,7 +205,7 @@ def read_windows(
             batch.append(torch.stack(frames, dim=2))  # (V, 3, T, S, S)
             next_window += 1
             if next_window < len(plan):
-                keep_from = int(first_needed[next_window:].min()) if plan.note else int(first_needed[next_window])
+                keep_from = int(first_needed[next_window])  # windows start in order: earlier frames are done
                 for position in [p for p in store if p < keep_from]:
                     del store[position]
             if len(batch) == batch_size:

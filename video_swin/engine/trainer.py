@@ -419,7 +419,7 @@ def _train_epoch(run: Run, epoch: int, broken: BrokenVideoLog, bar: tqdm, stats:
             loader.set_epoch(epoch)
     for batch in loader:
         broken.update(batch)
-        _forward_backward(run, batch, stats, epoch)
+        _forward_backward(run, batch, stats)
         counters["batches_in_epoch"] += 1
         stats.clips += batch["video"].shape[0] * accelerator.num_processes
         if not accelerator.sync_gradients:
@@ -431,7 +431,7 @@ def _train_epoch(run: Run, epoch: int, broken: BrokenVideoLog, bar: tqdm, stats:
     return True
 
 
-def _forward_backward(run: Run, batch: dict[str, Any], stats: _StepStats, epoch: int) -> None:
+def _forward_backward(run: Run, batch: dict[str, Any], stats: _StepStats) -> None:
     """Loss and gradients of one batch (Mixup/CutMix'ed if configured); at the end of an accumulation
     cycle, the optimizer step and the EMA's update.
 
@@ -442,7 +442,7 @@ def _forward_backward(run: Run, batch: dict[str, Any], stats: _StepStats, epoch:
     videos = clips_to_float(batch["video"])  # uint8 clips (data.output) normalised here
     targets = batch["label"]  # (B,) class indices, or (B, K) soft targets once mixed
     if run.mixer is not None:  # its randomness: a function of the batch's place in the run (exact resume)
-        key = (cfg.seed, epoch, run.counters["batches_in_epoch"], accelerator.process_index)
+        key = (cfg.seed, run.counters["epoch"], run.counters["batches_in_epoch"], accelerator.process_index)
         videos, targets = run.mixer(videos, targets, key)
     with accelerator.accumulate(run.model):
         with accelerator.autocast():  # a prepared (DDP) model autocasts itself; a sharded one is not prepared
