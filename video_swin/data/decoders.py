@@ -303,6 +303,21 @@ def _shown_size(index: FrameIndex) -> tuple[int, int]:
     return (index.width, index.height) if quarter_turn else (index.height, index.width)
 
 
+def open_pyav(path: str | Path, thread_type: str, thread_count: int):
+    """``(container, its first video stream)`` opened by PyAV with FFmpeg's threading set; DecodeError if it
+    cannot be opened. The caller closes the container (``with container:``)."""
+    import av  # noqa: PLC0415  (keeps `import video_swin.data` light)
+
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except Exception as exc:
+        raise DecodeError(path, f"PyAV cannot open it: {first_line(exc)}") from exc
+    stream = container.streams.video[0]
+    stream.thread_type = thread_type
+    stream.codec_context.thread_count = thread_count
+    return container, stream
+
+
 class PyAVDecoder(Backend):
     """PyAV (FFmpeg): by timestamp through the frame index, one seek per group of nearby frames.
 
@@ -319,17 +334,9 @@ class PyAVDecoder(Backend):
         self.thread_count = thread_count
 
     def decode(self, path: str | Path, index: FrameIndex, positions: np.ndarray) -> torch.Tensor:
-        import av  # noqa: PLC0415  (keeps `import video_swin.data` light)
-
         wanted = positions.tolist()
-        try:
-            container = av.open(str(path), metadata_errors="ignore")
-        except Exception as exc:
-            raise DecodeError(path, f"PyAV cannot open it: {first_line(exc)}") from exc
+        container, stream = open_pyav(path, self.thread_type, self.thread_count)
         with container:
-            stream = container.streams.video[0]
-            stream.thread_type = self.thread_type
-            stream.codec_context.thread_count = self.thread_count
             try:
                 if index.timestamps:
                     out = _decode_by_timestamp(path, container, stream, index, wanted)

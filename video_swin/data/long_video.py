@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError, DecodeError, first_line
-from .decoders import _check_file, _rgb, _rotate
+from .decoders import _check_file, _rgb, _rotate, open_pyav
 from .frame_index import FrameIndex, get_frame_index
 from .sampling import eval_clip_indices
 from .transforms import ClipTransform
@@ -187,8 +187,6 @@ def read_windows(
         last item: None when every window was read, else the reason the stream
         stopped early (the windows before are all yielded).
     """
-    import av  # noqa: PLC0415  (keeps `import video_swin.data` light)
-
     needed = np.unique(plan.indices)  # sorted positions that some window uses
     last_needed = plan.indices.max(axis=1)  # (W,)
     first_needed = plan.indices.min(axis=1)
@@ -212,14 +210,8 @@ def read_windows(
                 yield first_window, torch.stack(batch)
                 first_window, batch = next_window, []
 
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except Exception as exc:
-        raise DecodeError(path, f"PyAV cannot open it: {first_line(exc)}") from exc
+    container, stream = open_pyav(path, "AUTO" if threads > 1 else "SLICE", threads)
     with container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO" if threads > 1 else "SLICE"
-        stream.codec_context.thread_count = threads
         counted = 0
         try:
             for frame in container.decode(stream):
